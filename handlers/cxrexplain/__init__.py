@@ -1,0 +1,38 @@
+"""cxrexplain: a pure-PyTorch explanation engine for chest X-ray classifiers."""
+
+from .bundle import AutoencoderBundle, ClassifierBundle
+from .errors import (
+    AutoencoderRequired,
+    CostCapExceeded,
+    CxrExplainError,
+    InvalidInput,
+    InvalidOption,
+    UnknownLabel,
+    UnknownMethod,
+    UnsupportedMediaType,
+    UnsupportedModel,
+    WeightsError,
+)
+from .explainer import ExplanationResult, Explainer, select_device
+from .spec import TORCHVISION, XRV, InputSpec
+
+__all__ = [
+    "AutoencoderBundle",
+    "AutoencoderRequired",
+    "ClassifierBundle",
+    "CostCapExceeded",
+    "CxrExplainError",
+    "Explainer",
+    "ExplanationResult",
+    "InputSpec",
+    "InvalidInput",
+    "InvalidOption",
+    "TORCHVISION",
+    "UnknownLabel",
+    "UnknownMethod",
+    "UnsupportedMediaType",
+    "UnsupportedModel",
+    "WeightsError",
+    "XRV",
+    "select_device",
+]

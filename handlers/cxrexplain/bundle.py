@@ -1,0 +1,74 @@
+"""Model bundles: a module plus everything needed to use it without guessing (labels, input spec, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch.nn as nn
+
+from .errors import UnknownLabel
+from .graph import TracedModel
+from .spec import TORCHVISION, InputSpec
+
+
+@dataclass
+class ClassifierBundle:
+    """A classifier and its metadata.
+
+    ``op_thresholds`` are the per-label operating points (probability above which a finding is called
+    positive; 0.5 when the weights do not ship any). ``cam_layer`` names the fx node CAM and Grad-CAM read;
+    ``None`` means "the map pooled by the global-average-pool head", found by tracing.
+    """
+
+    module: nn.Module
+    labels: list[str]
+    input_spec: InputSpec = TORCHVISION
+    architecture: str = "custom"
+    op_thresholds: list[float] | None = None
+    cam_layer: str | None = None
+    version: str = "0"
+    sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+        if self.op_thresholds is None:
+            self.op_thresholds = [0.5] * len(self.labels)
+        if len(self.op_thresholds) != len(self.labels):
+            raise ValueError(f"{len(self.op_thresholds)} operating points for {len(self.labels)} labels")
+
+    @cached_property
+    def traced(self) -> TracedModel:
+        return TracedModel(self.module)
+
+    def label_index(self, target: str | int) -> int:
+        """Index of a label given by name (case-insensitive) or index; raises :class:`UnknownLabel`."""
+        if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
+            index = int(target)
+            if 0 <= index < len(self.labels):
+                return index
+            raise UnknownLabel(f"label index {index} out of range: this model has {len(self.labels)} labels")
+        lowered = {name.lower(): i for i, name in enumerate(self.labels)}
+        key = str(target).strip().lower()
+        if key in lowered:
+            return lowered[key]
+        raise UnknownLabel(f"unknown label {target!r}; this model's labels are: {', '.join(self.labels)}")
+
+
+@dataclass
+class AutoencoderBundle:
+    """An autoencoder with ``encode(x) -> z`` and ``decode(z) -> x`` in its own input space."""
+
+    module: nn.Module
+    input_spec: InputSpec
+    architecture: str = "custom"
+    version: str = "0"
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        self.module.eval()
+        for name in ("encode", "decode"):
+            if not callable(getattr(self.module, name, None)):
+                raise TypeError(f"an autoencoder needs an '{name}' method; {type(self.module).__name__} has none")

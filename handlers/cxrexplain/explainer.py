@@ -1,0 +1,175 @@
+"""The Explainer: validate a batch, run the classifier once, hand every requested method the shared context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .bundle import AutoencoderBundle, ClassifierBundle
+from .errors import AutoencoderRequired, InvalidInput
+from .methods import base as registry
+from .methods.base import ForwardContext
+
+Target = str | int
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``cuda`` when present unless told otherwise."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+@dataclass
+class ExplanationResult:
+    """Everything :meth:`Explainer.explain` returns; tensors are on the CPU, detached.
+
+    ``heatmaps[name]`` is (N, H, W) float32, raw and signed, at the model's input resolution. The latent-shift
+    fields are ``None`` unless ``latent_shift`` was requested.
+    """
+
+    labels: list[str]
+    targets: list[int]
+    probabilities: torch.Tensor
+    heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    frames: torch.Tensor | None = None
+    lambdas: torch.Tensor | None = None
+    frame_probabilities: torch.Tensor | None = None
+    reconstruction_gap: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_names(self) -> list[str]:
+        return [self.labels[t] for t in self.targets]
+
+
+class Explainer:
+    """Explain a classifier's findings.
+
+    Parameters
+    ----------
+    classifier
+        A :class:`ClassifierBundle` (from ``load_classifier``) or any ``nn.Module``; a bare module takes the
+        torchvision input spec and labels ``"0" .. "L-1"`` unless ``labels`` is given.
+    autoencoder
+        Backs ``latent_shift``; optional otherwise.
+    device
+        ``"cuda"`` or ``"cpu"``; default: CUDA when available.
+    """
+
+    def __init__(
+        self,
+        classifier: ClassifierBundle | nn.Module,
+        autoencoder: AutoencoderBundle | None = None,
+        device: str | torch.device | None = None,
+        labels: Sequence[str] | None = None,
+    ):
+        if isinstance(classifier, nn.Module):
+            classifier = _bundle_module(classifier, labels)
+        self.device = select_device(device)
+        self.bundle = classifier
+        self.bundle.module.to(self.device)
+        self.autoencoder = autoencoder
+        if autoencoder is not None:
+            autoencoder.module.to(self.device)
+        for p in self.bundle.module.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.bundle.labels
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate an (N, C, H, W) batch in the classifier's input space; raises :class:`InvalidInput`."""
+        spec = self.bundle.input_spec
+        if not isinstance(x, torch.Tensor):
+            raise InvalidInput(f"expected a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise InvalidInput(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise InvalidInput("the batch is empty")
+        if x.shape[1] != spec.channels:
+            raise InvalidInput(f"this model takes {spec.channels} channel(s), the batch has {x.shape[1]}")
+        if not x.is_floating_point():
+            raise InvalidInput(f"expected a floating-point tensor, got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise InvalidInput("the input contains NaN or Inf values")
+        return x.to(self.device, torch.float32)
+
+    def resolve_targets(self, targets: Target | Sequence[Target] | None, n: int, logits: torch.Tensor) -> torch.Tensor:
+        """One label index per row; ``None`` explains each row's most probable finding."""
+        if targets is None:
+            return logits.detach().argmax(dim=1)
+        if isinstance(targets, str | int):
+            targets = [targets] * n
+        if len(targets) != n:
+            raise InvalidInput(f"{len(targets)} targets for {n} rows: give one target per row")
+        index = [self.bundle.label_index(t) for t in targets]
+        return torch.tensor(index, dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L) probabilities, without gradients."""
+        return torch.sigmoid(self.bundle.module(self.check_input(x))).cpu()
+
+    def explain(
+        self,
+        x: torch.Tensor,
+        methods: Sequence[str] = ("cam",),
+        targets: Target | Sequence[Target] | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> ExplanationResult:
+        """Run the requested methods on one forward pass.
+
+        ``options`` holds per-method options by method name, for example
+        ``{"latent_shift": {"frames": 10, "direction": "logit"}, "integrated_gradients": {"steps": 32}}``.
+        """
+        options = options or {}
+        chosen = {name: registry.create(name, **dict(options.get(name, {}))) for name in dict.fromkeys(methods)}
+        if "latent_shift" in chosen and self.autoencoder is None:
+            raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
+        x = self.check_input(x)
+        captures = [m.captures(self.bundle) for m in chosen.values()]
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            if "all" in captures:
+                logits, activations = self.bundle.traced.run(x, "all")
+            elif any(captures):
+                names = tuple(name for c in captures for name in c)
+                logits, activations = self.bundle.traced.run(x, names)
+            else:
+                logits, activations = self.bundle.module(x), {}
+            ctx = ForwardContext(
+                bundle=self.bundle,
+                x=x,
+                logits=logits,
+                targets=self.resolve_targets(targets, x.shape[0], logits),
+                activations=activations,
+                autoencoder=self.autoencoder,
+            )
+            outputs = {name: method.explain(ctx) for name, method in chosen.items()}
+        result = ExplanationResult(
+            labels=list(self.bundle.labels),
+            targets=ctx.targets.tolist(),
+            probabilities=ctx.probabilities.cpu(),
+            heatmaps={name: out.heatmap.detach().float().cpu() for name, out in outputs.items()},
+        )
+        shift = outputs.get("latent_shift")
+        if shift is not None:
+            for key in ("frames", "lambdas", "frame_probabilities", "reconstruction_gap"):
+                setattr(result, key, shift.extras.pop(key).detach().cpu())
+            result.extras.update(shift.extras)
+        return result
+
+
+def _bundle_module(module: nn.Module, labels: Sequence[str] | None) -> ClassifierBundle:
+    if labels is None:
+        out_features = getattr(getattr(module, "classifier", None) or getattr(module, "fc", None), "out_features", None)
+        if out_features is None:
+            raise ValueError("pass labels=[...] for a module whose head is not .classifier or .fc")
+        labels = [str(i) for i in range(out_features)]
+    return ClassifierBundle(module=module, labels=list(labels))

@@ -1,0 +1,105 @@
+"""The one interface every explanation method implements, and the registry of wire names.
+
+The :class:`~cxrexplain.explainer.Explainer` runs one forward pass and hands each requested method the same
+:class:`ForwardContext`; a method never runs its own plain forward of the classifier (methods that need
+more evaluations by nature, integrated gradients or latent shift, run those extra ones themselves).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ..bundle import AutoencoderBundle, ClassifierBundle
+from ..errors import InvalidOption, UnknownMethod
+
+Captures = tuple[str, ...] | Literal["all"]
+
+
+@dataclass
+class ForwardContext:
+    """What the shared forward pass produced.
+
+    ``x`` is the (N, C, H, W) input as a leaf that requires grad; ``logits`` (N, L) are connected to it by
+    autograd, and so is every tensor in ``activations`` (fx node name -> output). Methods differentiate with
+    ``retain_graph=True`` so the next method can reuse the graph.
+    """
+
+    bundle: ClassifierBundle
+    x: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    autoencoder: AutoencoderBundle | None = None
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits.detach())
+
+    def target_logits(self) -> torch.Tensor:
+        """(N,) logit of each row's target, still attached to the graph."""
+        return self.logits.gather(1, self.targets[:, None])[:, 0]
+
+    def input_gradient(self) -> torch.Tensor:
+        """d(target logit)/dx for every row at once (rows are independent, so the sum's gradient is per row)."""
+        (grad,) = torch.autograd.grad(self.target_logits().sum(), self.x, retain_graph=True)
+        return grad
+
+
+@dataclass
+class MethodOutput:
+    """A method's raw result: ``heatmap`` (N, H, W) float32 signed, plus method-specific tensors."""
+
+    heatmap: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """An explanation method. Subclasses set ``name`` (the wire name) and implement :meth:`explain`."""
+
+    name: ClassVar[str]
+    options: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.options)
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise InvalidOption(f"{self.name} does not take {', '.join(sorted(unknown))}; its options: {allowed}")
+        for key, value in options.items():
+            try:
+                setattr(self, key, self.options[key](value))
+            except (TypeError, ValueError) as exc:
+                raise InvalidOption(f"{self.name}: option {key}={value!r} is not a valid {self.options[key].__name__}") from exc
+
+    def captures(self, bundle: ClassifierBundle) -> Captures:
+        """fx node names whose outputs the shared forward must keep for this method ("all" for propagation)."""
+        return ()
+
+    def cost(self) -> int:
+        """Work units per row relative to one forward+backward, for the cost cap."""
+        return 1
+
+    @abstractmethod
+    def explain(self, ctx: ForwardContext) -> MethodOutput:
+        """Return raw heatmaps for every row of ``ctx``."""
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def create(name: str, **options: Any) -> Method:
+    """Instantiate a registered method by wire name; raises :class:`UnknownMethod` with the known names."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise UnknownMethod(f"unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}") from None
+    return cls(**options)

@@ -1,0 +1,29 @@
+"""CAM (Zhou et al., 2016): the class's linear weights applied to the pooled feature maps."""
+
+from __future__ import annotations
+
+import torch
+
+from ..bundle import ClassifierBundle
+from .base import Captures, ForwardContext, Method, MethodOutput, register
+from .upsample import to_input_size
+
+
+@register
+class CAM(Method):
+    """``M_c(u, v) = sum_k w_{c,k} A_k(u, v)`` with A the map a global-average-pool + linear head pools.
+
+    Exact and nearly free: no backward pass, one weighted sum over the kept feature maps.
+    """
+
+    name = "cam"
+
+    def captures(self, bundle: ClassifierBundle) -> Captures:
+        return (bundle.cam_layer or bundle.traced.cam_head().feature_node,)
+
+    def explain(self, ctx: ForwardContext) -> MethodOutput:
+        bundle = ctx.bundle
+        features = ctx.activations[bundle.cam_layer or bundle.traced.cam_head().feature_node].detach()
+        weights = bundle.traced.cam_head().linear.weight.detach()[ctx.targets]  # (N, K)
+        cam = torch.einsum("nk,nkhw->nhw", weights, features)
+        return MethodOutput(heatmap=to_input_size(cam, ctx.x))
