@@ -13,7 +13,7 @@ from .errors import (
     UnsupportedModel,
     WeightsError,
 )
-from .explainer import ExplanationResult, Explainer, select_device
+from .explainer import Explainer, ExplanationResult, select_device
 from .spec import TORCHVISION, XRV, InputSpec
 
 __all__ = [

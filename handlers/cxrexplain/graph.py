@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .errors import UnsupportedModel
 
+
 def _strip_inplace(gm: fx.GraphModule) -> None:
     for module in gm.modules():
         if hasattr(module, "inplace"):

@@ -72,7 +72,8 @@ class Method(ABC):
             try:
                 setattr(self, key, self.options[key](value))
             except (TypeError, ValueError) as exc:
-                raise InvalidOption(f"{self.name}: option {key}={value!r} is not a valid {self.options[key].__name__}") from exc
+                expected = self.options[key].__name__
+                raise InvalidOption(f"{self.name}: option {key}={value!r} is not a valid {expected}") from exc
 
     def captures(self, bundle: ClassifierBundle) -> Captures:
         """fx node names whose outputs the shared forward must keep for this method ("all" for propagation)."""

@@ -1,0 +1,54 @@
+# cxrexplain: two commands for a newcomer — `make serve` (demo) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_WEIGHTS := .cache/demo-weights
+DEMO_RECIPE := export/demo_recipe.yaml
+RUN_DIR := .run
+
+.PHONY: help venv java lint typecheck pytest test demo-models archives serve stop clean
+
+help:
+	@echo "make serve   install, train+export the demo archives, start TorchServe on localhost"
+	@echo "make stop    stop the demo TorchServe"
+	@echo "make test    install, lint, type-check, run the tests (real TorchServe included)"
+
+$(STAMP): pyproject.toml client/pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required: apt-get install python3.11 python3.11-venv (or set PYTHON=...)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[serve,test]'
+	$(BIN)/pip install -q -e './client[dicom]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+java:
+	@$(BIN)/python -m export.java_check
+
+lint: venv
+	$(BIN)/ruff check handlers export client tests benchmarks protos
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv java
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+demo-models: venv
+	$(BIN)/python -m export.train_demo --out $(DEMO_WEIGHTS)
+
+archives: demo-models
+	$(BIN)/cxrexplain-export $(DEMO_RECIPE) --store model_store
+
+serve: archives java
+	$(BIN)/python -m export.launcher start --store model_store --run-dir $(RUN_DIR)
+
+stop:
+	$(BIN)/python -m export.launcher stop --run-dir $(RUN_DIR)
+
+clean: stop
+	rm -rf $(RUN_DIR) model_store/*.mar model_store/manifest.json

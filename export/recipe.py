@@ -1,0 +1,118 @@
+"""The exporter's declarative recipe: which models to archive, from which local weights, with what metadata.
+
+```yaml
+models:
+  - name: cxr-densenet            # archive and endpoint name
+    kind: classifier              # classifier | autoencoder
+    architecture: densenet_small  # see cxrexplain.models / cxrexplain.autoencoder
+    weights: .cache/demo-weights/cxr_densenet.pt   # local path; a .json sidecar beside it is read too
+    labels: [Cardiomegaly, ...]   # optional: overrides the sidecar
+    input_spec: {channels: 1, size: 128, value_range: [0, 1], mean: [0], std: [1]}   # optional
+    cam_layer: null               # optional fx node name
+    autoencoder: cxr-ae           # optional: name of an autoencoder entry that backs latent_shift
+    version: "1.0"                # optional: default = first 12 hex of the weights' sha256
+    batch_size: 4                 # TorchServe dynamic batching
+    max_batch_delay_ms: 20
+    workers: 1
+    onnx: true                    # write the ONNX predictions fast path (classifiers)
+  - name: cxr-ae
+    kind: autoencoder
+    architecture: resnet_ae_small
+    weights: .cache/demo-weights/cxr_ae.pt
+```
+Relative paths are relative to the recipe file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KINDS = ("classifier", "autoencoder")
+
+
+class RecipeError(ValueError):
+    """The recipe is malformed: the message names the entry and the field."""
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    kind: str
+    architecture: str
+    weights: Path
+    labels: list[str] | None = None
+    input_spec: dict[str, Any] | None = None
+    op_thresholds: list[float] | None = None
+    cam_layer: str | None = None
+    autoencoder: str | None = None
+    version: str | None = None
+    batch_size: int = 4
+    max_batch_delay_ms: int = 20
+    workers: int = 1
+    onnx: bool = True
+    caps: dict[str, int] = field(default_factory=dict)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "kind": (str,), "architecture": (str,), "weights": (str,), "labels": (list,),
+    "input_spec": (dict,), "op_thresholds": (list,), "cam_layer": (str,), "autoencoder": (str,),
+    "version": (str, int, float), "batch_size": (int,), "max_batch_delay_ms": (int,), "workers": (int,),
+    "onnx": (bool,), "caps": (dict,),
+}
+
+
+def _entry(raw: Any, index: int, base: Path) -> ModelEntry:
+    where = f"models[{index}]"
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where} must be a mapping, got {type(raw).__name__}")
+    where = f"models[{index}] ({raw.get('name', '?')})"
+    known = {f.name for f in fields(ModelEntry)}
+    unknown = set(raw) - known
+    if unknown:
+        raise RecipeError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    for key in ("name", "kind", "architecture", "weights"):
+        if key not in raw:
+            raise RecipeError(f"{where}: missing required field '{key}'")
+    for key, value in raw.items():
+        if value is None:
+            continue
+        expected = _TYPES[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            names = " or ".join(t.__name__ for t in expected)
+            raise RecipeError(f"{where}: field '{key}' must be {names}, got {type(value).__name__} ({value!r})")
+    if raw["kind"] not in KINDS:
+        raise RecipeError(f"{where}: kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+    values = dict(raw)
+    values["weights"] = (base / raw["weights"]).resolve()
+    if values.get("version") is not None:
+        values["version"] = str(values["version"])
+    return ModelEntry(**values)
+
+
+def load_recipe(path: Path) -> list[ModelEntry]:
+    """Parse and check a recipe; raises :class:`RecipeError` naming the offending entry and field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise RecipeError(f"recipe {path} needs a top-level 'models:' list")
+    entries = [_entry(raw, i, path.parent) for i, raw in enumerate(data["models"])]
+    names = [e.name for e in entries]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise RecipeError(f"duplicate model name(s): {', '.join(sorted(duplicates))}")
+    by_name = {e.name: e for e in entries}
+    for e in entries:
+        if e.autoencoder is not None:
+            backing = by_name.get(e.autoencoder)
+            if backing is None or backing.kind != "autoencoder":
+                raise RecipeError(f"{e.name}: autoencoder {e.autoencoder!r} is not an autoencoder entry of the recipe")
+    return entries
