@@ -63,6 +63,7 @@ class TorchServe:
         ports: Ports | None = None,
         config: Path = BASE_CONFIG,
         overrides: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.store = Path(store).resolve()
         self.run_dir = Path(run_dir).resolve()
@@ -70,6 +71,7 @@ class TorchServe:
         self.ports = ports or Ports()
         self.config = config
         self.overrides = overrides or {}
+        self.host = host  # inference, gRPC inference and metrics bind here; management stays on loopback
 
     # --- addresses -------------------------------------------------------------------------------------
     @property
@@ -100,10 +102,10 @@ class TorchServe:
     def _write_config(self) -> Path:
         props = read_properties(self.config)
         props.update(
-            inference_address=f"http://127.0.0.1:{self.ports.inference}",
+            inference_address=f"http://{self.host}:{self.ports.inference}",
             management_address=f"http://127.0.0.1:{self.ports.management}",
-            metrics_address=f"http://127.0.0.1:{self.ports.metrics}",
-            grpc_inference_address="127.0.0.1",
+            metrics_address=f"http://{self.host}:{self.ports.metrics}",
+            grpc_inference_address=self.host,
             grpc_management_address="127.0.0.1",
             grpc_inference_port=str(self.ports.grpc_inference),
             grpc_management_port=str(self.ports.grpc_management),
@@ -191,7 +193,7 @@ def stop_process_group(pgid: int, timeout: float = 30.0) -> None:
 
 def _cli_start(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    server = TorchServe(Path(args.store), run_dir)
+    server = TorchServe(Path(args.store), run_dir, host=args.host)
     server.start(timeout=args.timeout)
     names = [p.stem for p in sorted(Path(args.store).glob("*.mar"))]
     first = next((n for n in names if not n.endswith("-ae")), names[0] if names else "MODEL")
@@ -203,6 +205,9 @@ def _cli_start(args: argparse.Namespace) -> int:
     print(f"  KEY=$(python -c \"import json;print(json.load(open('{run_dir}/key_file.json'))['inference']['key'])\")")
     print(f"  curl -H \"Authorization: Bearer $KEY\" {server.url}/explanations/{first} "
           "-F data=@docs/example.png -F methods=cam,rap -F targets=positive")
+    if args.foreground:  # containers: stay in the foreground as long as the server lives
+        signal.signal(signal.SIGTERM, lambda *_: server.stop())
+        return server.process.wait()
     return 0
 
 
@@ -225,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--store", default="model_store")
     start.add_argument("--run-dir", default=".run")
     start.add_argument("--timeout", type=float, default=300.0)
+    start.add_argument("--host", default="127.0.0.1", help="bind address for inference, gRPC and metrics")
+    start.add_argument("--foreground", action="store_true", help="wait for the server (containers)")
     start.set_defaults(func=_cli_start)
     stop = sub.add_parser("stop", help="stop the TorchServe started by `start`")
     stop.add_argument("--run-dir", default=".run")
