@@ -12,7 +12,7 @@ FROM python:3.11-slim-bookworm
 
 ARG DEMO=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless make \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
  && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 serve
@@ -21,7 +21,8 @@ COPY --chown=serve:serve . /srv
 RUN pip install --no-cache-dir -e '.[serve]' && pip install --no-cache-dir './client[dicom]'
 
 USER serve
-RUN if [ "$DEMO" = "1" ]; then make archives PYTHON=python BIN=/usr/local/bin STAMP=pyproject.toml; fi
+RUN if [ "$DEMO" = "1" ]; then python -m export.train_demo --out .cache/demo-weights \
+    && cxrexplain-export export/demo_recipe.yaml --store model_store; fi
 
 EXPOSE 8080 7070 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
