@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,12 +152,17 @@ class Explainer:
                 activations=activations,
                 autoencoder=self.autoencoder,
             )
-            outputs = {name: method.explain(ctx) for name, method in chosen.items()}
+            outputs, timings_ms = {}, {}
+            for name, method in chosen.items():
+                start = time.perf_counter()
+                outputs[name] = method.explain(ctx)
+                timings_ms[name] = (time.perf_counter() - start) * 1e3
         result = ExplanationResult(
             labels=list(self.bundle.labels),
             targets=ctx.targets.tolist(),
             probabilities=ctx.probabilities.cpu(),
             heatmaps={name: out.heatmap.detach().float().cpu() for name, out in outputs.items()},
+            extras={"timings_ms": timings_ms},
         )
         shift = outputs.get("latent_shift")
         if shift is not None:

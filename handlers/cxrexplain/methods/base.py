@@ -70,7 +70,7 @@ class Method(ABC):
             raise InvalidOption(f"{self.name} does not take {', '.join(sorted(unknown))}; its options: {allowed}")
         for key, value in options.items():
             try:
-                setattr(self, key, self.options[key](value))
+                setattr(self, key, _coerce(self.options[key], value))
             except (TypeError, ValueError) as exc:
                 expected = self.options[key].__name__
                 raise InvalidOption(f"{self.name}: option {key}={value!r} is not a valid {expected}") from exc
@@ -86,6 +86,16 @@ class Method(ABC):
     @abstractmethod
     def explain(self, ctx: ForwardContext) -> MethodOutput:
         """Return raw heatmaps for every row of ``ctx``."""
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    """Convert an option value (often text from the wire) to ``kind``; "false"/"0" are False for bools."""
+    if kind is bool and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(value)
+        return lowered in ("true", "1", "yes")
+    return kind(value)
 
 
 REGISTRY: dict[str, type[Method]] = {}
