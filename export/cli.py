@@ -40,6 +40,9 @@ def _load_autoencoder(entry: ModelEntry) -> Any:
     return load_autoencoder(entry.architecture, entry.weights, input_spec=spec)
 
 
+RESPONSE_TIMEOUT_S = 900  # above the worst batch the default caps allow (see model_store/config.properties)
+
+
 def _model_config(entry: ModelEntry, response_timeout: int) -> dict[str, Any]:
     """TorchServe per-archive settings (torch-model-archiver --config-file): dynamic batching and workers."""
     return {"minWorkers": entry.workers, "maxWorkers": entry.workers, "batchSize": entry.batch_size,
@@ -79,7 +82,7 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
         serve["version"] = version
         write_json(staging / SERVE_CONFIG, serve)
         config = Path(tmp) / "model-config.yaml"
-        config.write_text(yaml.safe_dump(_model_config(entry, response_timeout=600)))
+        config.write_text(yaml.safe_dump(_model_config(entry, response_timeout=RESPONSE_TIMEOUT_S)))
         mar = build_mar(entry.name, version, staging, store, config)
     record.update(archive=mar.name, archive_sha256=sha256(mar))
     return record
