@@ -25,6 +25,7 @@ import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
+from cxrexplain.autoencoder_service import AutoencoderService
 from cxrexplain.models import load_autoencoder, load_classifier
 from cxrexplain.service import ExplainService, OnnxPredictor, RowRequest, caps_from_config, load_serve_config
 from cxrexplain.telemetry import MetricSpec, Telemetry, new_request_id
@@ -53,6 +54,11 @@ class CxrExplainHandler(BaseHandler):
         manifest = (getattr(context, "manifest", None) or {}).get("model", {})
         model_name = str(manifest.get("modelName") or getattr(context, "model_name", None) or "cxrexplain")
 
+        self.telemetry = Telemetry(model_name, _metric_sink(getattr(context, "metrics", None)))
+        self.context = context
+        if config.get("kind") == "autoencoder":
+            self._initialize_autoencoder(model_dir, config, model_name, manifest)
+            return
         clf_cfg = config.get("classifier") or {}
         clf_path = model_dir / clf_cfg.get("weights", "classifier.pt")
         bundle = load_classifier(clf_cfg.get("architecture"), weights=clf_path)
@@ -66,18 +72,27 @@ class CxrExplainHandler(BaseHandler):
         if onnx_name and (model_dir / onnx_name).exists():
             predictor = OnnxPredictor(model_dir / onnx_name)
 
-        self.telemetry = Telemetry(model_name, _metric_sink(getattr(context, "metrics", None)))
-        self.service = ExplainService(
+        self.service: ExplainService | AutoencoderService = ExplainService(
             bundle, autoencoder, model_name=model_name,
             model_version=str(manifest.get("modelVersion") or bundle.version),
             caps=caps_from_config(config), device=self.device, predict_backend=predictor,
             telemetry=self.telemetry, default_methods=config.get("default_methods"))
-        self.context = context
         self.initialized = True
         self.telemetry.worker_started(self.device.type)
         log.info("model %s loaded: %d labels, autoencoder=%s, predictions via %s, methods %s", model_name,
                  len(bundle.labels), autoencoder is not None,
                  ",".join(predictor.providers) if predictor else "eager", ",".join(self.service.methods))
+
+    def _initialize_autoencoder(self, model_dir: Path, config: dict[str, Any], model_name: str,
+                                manifest: dict[str, Any]) -> None:
+        """An autoencoder archive: encode / decode / reconstruct (see cxrexplain.autoencoder_service)."""
+        bundle = load_autoencoder(None, weights=model_dir / "autoencoder.pt")
+        self.service = AutoencoderService(
+            bundle, model_name=model_name, model_version=str(manifest.get("modelVersion") or bundle.version),
+            caps=caps_from_config(config), device=self.device, telemetry=self.telemetry)
+        self.initialized = True
+        self.telemetry.worker_started(self.device.type)
+        log.info("autoencoder %s loaded (%s)", model_name, bundle.architecture)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """One answer per row; each row gets its own status, content type and ``x-request-id``."""
@@ -89,6 +104,7 @@ class CxrExplainHandler(BaseHandler):
             send_intermediate_predict_response({index: payload}, {index: context.request_ids[index]},
                                                "Intermediate Prediction success", 200, context)
 
+        log.info("batch=%d model=%s", len(rows), self.telemetry.model_name)
         results = self.service.handle_batch(rows, emit=emit)
         for i, result in enumerate(results):
             context.set_response_status(result.status, _PHRASES.get(result.status, "Error"), i)
