@@ -14,6 +14,7 @@ from .errors import (
     WeightsError,
 )
 from .explainer import Explainer, ExplanationResult, select_device
+from .models import build_classifier, load_autoencoder, load_classifier, save_autoencoder, save_classifier
 from .spec import TORCHVISION, XRV, InputSpec
 
 __all__ = [
@@ -34,5 +35,10 @@ __all__ = [
     "UnsupportedModel",
     "WeightsError",
     "XRV",
+    "build_classifier",
+    "load_autoencoder",
+    "load_classifier",
+    "save_autoencoder",
+    "save_classifier",
     "select_device",
 ]
