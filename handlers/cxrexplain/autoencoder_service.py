@@ -78,7 +78,7 @@ class AutoencoderService:
 
     @torch.inference_mode()
     def _run(self, operation: str, row: RowRequest, fmt: str, dtype: str) -> explain_pb2.ExplainResponse:
-        spec, module = self.bundle.input_spec, self.bundle.module
+        spec = self.bundle.input_spec
         body = bytes(row.body or b"")
         message = explain_pb2.ExplainResponse()
         if operation == "decode":
@@ -87,14 +87,14 @@ class AutoencoderService:
             decoded = imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
                                            max_bytes=self.caps.max_request_bytes)
             x, _ = imageio.to_model_input(decoded.pixels, spec)
-            z = module.encode(x.to(self.device))
+            z = self.bundle.encode(x.to(self.device))
             if operation == "encode":
                 flat = z[0].float().cpu().numpy()
                 message.latent.CopyFrom(explain_pb2.Map(height=1, width=flat.size, dtype="float32",
                                                         data=flat.astype("<f4").tobytes()))
                 message.latent_shape.extend(flat.shape)
                 return message
-        image = spec.to_unit(module.decode(z)).clamp(0, 1)[0, 0].float().cpu().numpy()
+        image = spec.to_unit(self.bundle.decode(z)).clamp(0, 1)[0, 0].float().cpu().numpy()
         h, w = image.shape
         if fmt == "png":
             message.reconstruction.CopyFrom(explain_pb2.Map(height=h, width=w, dtype="png",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
+import torch
 import torch.nn as nn
 
 from .errors import UnknownLabel
@@ -72,3 +74,11 @@ class AutoencoderBundle:
         for name in ("encode", "decode"):
             if not callable(getattr(self.module, name, None)):
                 raise TypeError(f"an autoencoder needs an '{name}' method; {type(self.module).__name__} has none")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) in the autoencoder's own input space."""
+        return cast(Callable[[torch.Tensor], torch.Tensor], self.module.encode)(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z), in the autoencoder's own input space."""
+        return cast(Callable[[torch.Tensor], torch.Tensor], self.module.decode)(z)

@@ -8,6 +8,7 @@ turned off on the traced copy so kept activations are not overwritten.
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from .errors import UnsupportedModel
 def _strip_inplace(gm: fx.GraphModule) -> None:
     for module in gm.modules():
         if hasattr(module, "inplace"):
-            module.inplace = False
+            module.inplace = False  # type: ignore[assignment]  # nn.ReLU & co. declare it as a bool
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.kwargs.get("inplace"):
             node.kwargs = {**node.kwargs, "inplace": False}
@@ -89,21 +90,31 @@ class TracedModel:
         logits, kept = self.capturing(names)(x)
         return logits, kept
 
-    def cam_head(self) -> CamHead:
-        """Find the feature map pooled by a global-average-pool + linear head, walking back from the output."""
+    @functools.cached_property
+    def _cam_head(self) -> CamHead | UnsupportedModel:
         node = self.output_node.args[0]
-        if not (isinstance(node, fx.Node) and node.op == "call_module" and isinstance(self.module_of(node), nn.Linear)):
-            raise UnsupportedModel("CAM needs a model whose last layer is nn.Linear; ask for 'gradcam' instead")
-        linear = self.module_of(node)
+        linear = self.module_of(node) if isinstance(node, fx.Node) and node.op == "call_module" else None
+        if not isinstance(node, fx.Node) or not isinstance(linear, nn.Linear):
+            return UnsupportedModel("CAM needs a model whose last layer is nn.Linear; ask for 'gradcam' instead")
         node = node.args[0]
         while isinstance(node, fx.Node) and self._is_reshape(node):
             node = node.args[0]
-        if isinstance(node, fx.Node) and self._is_global_pool(node):
+        if isinstance(node, fx.Node) and self._is_global_pool(node) and isinstance(node.args[0], fx.Node):
             return CamHead(feature_node=node.args[0].name, linear=linear)
-        raise UnsupportedModel(
+        return UnsupportedModel(
             "CAM is defined only for global-average-pool + linear heads (DenseNet, ResNet); "
             "this head is not one: ask for 'gradcam'"
         )
+
+    def cam_head(self) -> CamHead:
+        """The feature map pooled by a global-average-pool + linear head, found walking back from the output.
+
+        Raises :class:`UnsupportedModel` for other heads (VGG's classifier stack, for instance).
+        """
+        head = self._cam_head
+        if isinstance(head, UnsupportedModel):
+            raise head
+        return head
 
     def _is_reshape(self, node: fx.Node) -> bool:
         if node.op == "call_function":
