@@ -1,0 +1,1 @@
+"""Stubs generated from ``protos/*.proto`` by ``protos/generate.py`` (committed; a test checks they are fresh)."""

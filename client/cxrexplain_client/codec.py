@@ -1,0 +1,431 @@
+"""Pure request building and response parsing, shared by the sync and async clients of both transports.
+
+Nothing here does I/O on the network: the clients hand bytes in and get messages, results or exceptions out.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from PIL import Image
+
+from ._proto import explain_pb2
+from .errors import CxrExplainClientError, InvalidInput, error_from_fields, parse_error_body
+from .results import (
+    Explanation,
+    Finding,
+    Geometry,
+    LatentShiftResult,
+    ModelDescription,
+    StreamPart,
+    TargetResult,
+)
+
+PROTOBUF_MEDIA_TYPE = "application/x-protobuf"
+JSON_MEDIA_TYPE = "application/json"
+
+HEATMAP_FORMATS = ("array", "png")
+HEATMAP_DTYPES = ("float16", "float32")
+LATENT_SHIFT_MAPS = ("max", "mean", "minmax", "int")
+DIRECTIONS = ("logit", "sigmoid")
+
+
+# --------------------------------------------------------------------------------------------- request side
+@dataclass(frozen=True)
+class EncodedImage:
+    """Image bytes as sent, with their media type and a file name for multipart."""
+
+    data: bytes
+    content_type: str
+    filename: str
+
+
+def _sniff(data: bytes) -> tuple[str, str]:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png", "image.png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg", "image.jpg"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "application/dicom", "image.dcm"
+    if data[:6] == b"\x93NUMPY":
+        return "application/x-npy", "image.npy"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff", "image.tiff"
+    return "application/octet-stream", "image.bin"
+
+
+def encode_image(image: Any) -> EncodedImage:
+    """Bytes to send for ``image``.
+
+    Parameters
+    ----------
+    image
+        A path, raw bytes (PNG, JPEG, DICOM, TIFF, .npy), a numpy array (sent as ``.npy``, dtype kept),
+        a PIL image (sent as lossless PNG, 16-bit kept), or a pydicom Dataset (sent as DICOM Part 10).
+
+    Returns
+    -------
+    EncodedImage
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, (str, os.PathLike)):
+        try:
+            with open(image, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read image file {image!s}: {exc.strerror}") from exc
+    elif isinstance(image, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
+        return EncodedImage(buf.getvalue(), "application/x-npy", "image.npy")
+    elif isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return EncodedImage(buf.getvalue(), "image/png", "image.png")
+    elif type(image).__module__.startswith("pydicom") and hasattr(image, "save_as"):  # a pydicom Dataset
+        buf = io.BytesIO()
+        image.save_as(buf, enforce_file_format=True)
+        return EncodedImage(buf.getvalue(), "application/dicom", "image.dcm")
+    else:
+        raise InvalidInput(
+            f"cannot send an image of type {type(image).__name__}; pass a path, bytes, numpy array, "
+            "PIL image "
+            "or pydicom Dataset"
+        )
+    if not data:
+        raise InvalidInput("the image is empty (0 bytes)")
+    content_type, filename = _sniff(data)
+    return EncodedImage(data, content_type, filename)
+
+
+def _join(values: str | int | Iterable[str | int]) -> str:
+    if isinstance(values, (str, int)):
+        return str(values)
+    return ",".join(str(v) for v in values)
+
+
+def build_options(
+    *,
+    methods: Sequence[str] | str | None = None,
+    targets: Sequence[str | int] | str | int | None = None,
+    top_k: int | None = None,
+    heatmap_format: str | None = None,
+    heatmap_dtype: str | None = None,
+    frames: int | None = None,
+    latent_shift_map: str | None = None,
+    direction: str | None = None,
+    stream: bool = False,
+    describe: bool = False,
+) -> dict[str, str]:
+    """The request's option fields (wire keys, lowercase), leaving out what was not given.
+
+    Lists travel comma-separated; ``targets="positive"`` asks for every finding above its operating point.
+    Values are checked here only where the set is closed, so a typo fails before the upload.
+    """
+    opts: dict[str, str] = {}
+    if methods:
+        opts["methods"] = _join(methods)
+    if targets is not None and targets != []:
+        opts["targets"] = _join(targets)
+    if top_k is not None:
+        if top_k < 1:
+            raise InvalidInput(f"top_k must be >= 1, got {top_k}")
+        opts["top_k"] = str(int(top_k))
+    for key, value, allowed in (
+        ("heatmap_format", heatmap_format, HEATMAP_FORMATS),
+        ("heatmap_dtype", heatmap_dtype, HEATMAP_DTYPES),
+        ("latent_shift_map", latent_shift_map, LATENT_SHIFT_MAPS),
+        ("direction", direction, DIRECTIONS),
+    ):
+        if value is not None:
+            if value not in allowed:
+                raise InvalidInput(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+            opts[key] = value
+    if frames is not None:
+        if frames < 2:
+            raise InvalidInput(f"frames must be >= 2, got {frames}")
+        opts["frames"] = str(int(frames))
+    if stream:
+        opts["stream"] = "true"
+    if describe:
+        opts["describe"] = "true"
+    return opts
+
+
+@dataclass(frozen=True)
+class RestBody:
+    """An HTTP request body and its ``Content-Type``."""
+
+    content: bytes
+    content_type: str
+
+
+def encode_multipart(fields: Mapping[str, str], image: EncodedImage | None) -> RestBody:
+    """multipart/form-data with the image in field ``data`` and one text field per option."""
+    boundary = f"cxrexplain-{uuid.uuid4().hex}"
+    out = io.BytesIO()
+    if image is not None:
+        out.write(f"--{boundary}\r\n".encode())
+        out.write(
+            f'Content-Disposition: form-data; name="data"; filename="{image.filename}"\r\n'
+            f"Content-Type: {image.content_type}\r\n\r\n".encode()
+        )
+        out.write(image.data)
+        out.write(b"\r\n")
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
+        out.write(value.encode("utf-8"))
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return RestBody(out.getvalue(), f"multipart/form-data; boundary={boundary}")
+
+
+def rest_body(image: EncodedImage | None, options: Mapping[str, str]) -> RestBody:
+    """Raw image body when there are no options, multipart otherwise."""
+    if image is not None and not options:
+        return RestBody(image.data, image.content_type)
+    return encode_multipart(options, image)
+
+
+def rest_path(model: str, version: str | None = None) -> str:
+    """The inference path for a model (and version)."""
+    if not model or "/" in model:
+        raise InvalidInput(f"invalid model name {model!r}")
+    return f"/predictions/{model}" + (f"/{version}" if version else "")
+
+
+def grpc_input(image: EncodedImage | None, options: Mapping[str, str]) -> dict[str, bytes]:
+    """``PredictionsRequest.input``: the image under ``data``, each option as UTF-8 bytes under its key."""
+    entries = {k: v.encode("utf-8") for k, v in options.items()}
+    if image is not None:
+        entries["data"] = image.data
+    return entries
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """``Authorization: Bearer <token>`` when there is a token."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def grpc_metadata(token: str | None) -> list[tuple[str, str]]:
+    """gRPC metadata carrying the token (TorchServe reads the ``authorization`` key)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+# -------------------------------------------------------------------------------------------- response side
+def parse_payload(body: bytes, content_type: str | None = None) -> explain_pb2.ExplainResponse:
+    """An ``ExplainResponse`` from binary protobuf or its JSON mapping.
+
+    The format is taken from ``content_type`` when it says; otherwise sniffed: a binary ExplainResponse
+    never starts with ``{`` (that byte would be a group start for field 15, which the message does not have).
+    """
+    msg = explain_pb2.ExplainResponse()
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    is_json = "json" in ctype or (ctype != PROTOBUF_MEDIA_TYPE and body.lstrip()[:1] == b"{")
+    try:
+        if is_json:
+            json_format.Parse(body.decode("utf-8"), msg, ignore_unknown_fields=True)
+        else:
+            msg.ParseFromString(body)
+    except (json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
+        raise CxrExplainClientError(
+            f"the server's answer is not an ExplainResponse ({ctype or 'no content type'}, "
+            f"{len(body)} bytes): "
+            f"{exc}; is this a cxrexplain model?"
+        ) from exc
+    return msg
+
+
+def payload_error(msg: explain_pb2.ExplainResponse) -> CxrExplainClientError | None:
+    """The typed exception for a payload whose ``error`` field is set (the gRPC path's per-row status)."""
+    if not msg.HasField("error") or (msg.error.code == 0 and not msg.error.message):
+        return None
+    err = msg.error
+    return error_from_fields(
+        err.code or 500, err.message, request_id=err.request_id or msg.request_id, error_type=err.type
+    )
+
+
+def http_error(
+    status: int, body: bytes, content_type: str | None = None, request_id: str | None = None
+) -> CxrExplainClientError:
+    """The typed exception for an HTTP error answer, whatever its body: the handler's ``{"error": {...}}``,
+    TorchServe's ``{"code", "type", "message"}``, a binary ExplainResponse, or nothing."""
+    fields: dict[str, Any] = {}
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype == PROTOBUF_MEDIA_TYPE and body:
+        try:
+            msg = explain_pb2.ExplainResponse.FromString(body)
+        except Exception:  # noqa: BLE001 - a garbled error body must not hide the status
+            msg = None
+        if msg is not None and msg.HasField("error"):
+            fields = {
+                "message": msg.error.message,
+                "type": msg.error.type,
+                "request_id": msg.error.request_id or msg.request_id,
+            }
+    if not fields:
+        fields = parse_error_body(body)
+    message = fields.get("message") or (body[:200].decode("utf-8", "replace").strip() if body else None)
+    if not message:
+        message = f"HTTP {status} with an empty body"
+    return error_from_fields(
+        status,
+        str(message),
+        request_id=fields.get("request_id") or request_id,
+        error_type=fields.get("type"),
+    )
+
+
+def decode_map(m: explain_pb2.Map) -> np.ndarray:
+    """A wire ``Map`` as an (H, W) float32 array: raw little-endian float16 / float32, or a PNG (8 or 16 bit,
+    scaled to [0, 1])."""
+    dtype = m.dtype.lower()
+    if dtype == "png":
+        img = Image.open(io.BytesIO(m.data))
+        arr = np.asarray(img)
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+        scale = 65535.0 if arr.dtype == np.uint16 or img.mode.startswith("I") else 255.0
+        out = arr.astype(np.float32) / scale
+    elif dtype in ("float16", "float32"):
+        expected = m.height * m.width * (2 if dtype == "float16" else 4)
+        if len(m.data) != expected:
+            raise CxrExplainClientError(
+                f"a {m.height}x{m.width} {dtype} map needs {expected} bytes, got {len(m.data)}"
+            )
+        out = np.frombuffer(m.data, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.float32)
+        out = out.reshape(m.height, m.width)
+    else:
+        raise CxrExplainClientError(f"unknown map dtype {m.dtype!r}; upgrade cxrexplain-client")
+    if m.height and m.width and out.shape != (m.height, m.width):
+        raise CxrExplainClientError(f"map is {out.shape}, header says {(m.height, m.width)}")
+    return out
+
+
+def _geometry(msg: explain_pb2.ExplainResponse) -> Geometry | None:
+    if not msg.HasField("geometry"):
+        return None
+    g = msg.geometry
+    return Geometry(g.original_height, g.original_width, g.crop_top, g.crop_left, g.crop_size, g.model_size)
+
+
+def _findings(msg: explain_pb2.ExplainResponse) -> list[Finding]:
+    return [Finding(f.label, f.probability, f.operating_point, f.positive) for f in msg.findings]
+
+
+def _latent_shift(ls: explain_pb2.LatentShift) -> LatentShiftResult:
+    frames = [decode_map(f) for f in ls.frames]
+    stacked = np.stack(frames) if frames else np.zeros((0, 0, 0), dtype=np.float32)
+    return LatentShiftResult(
+        target=ls.target,
+        frames=stacked,
+        lambdas=np.asarray(ls.lambdas, dtype=np.float32),
+        frame_probabilities=np.asarray(ls.frame_probabilities, dtype=np.float32),
+        reconstruction_gap=float(ls.reconstruction_gap),
+        map_kind=ls.map_kind,
+        direction=ls.direction,
+        upper_bound_reached=ls.upper_bound_reached,
+        gif=ls.gif or None,
+    )
+
+
+def to_explanation(msg: explain_pb2.ExplainResponse) -> Explanation:
+    """Convert a (successful) ``ExplainResponse`` into an :class:`Explanation`; raise its ``error`` if set."""
+    err = payload_error(msg)
+    if err is not None:
+        raise err
+    geometry = _geometry(msg)
+    results: dict[str, TargetResult] = {t: TargetResult(target=t, geometry=geometry) for t in msg.targets}
+    for hm in msg.heatmaps:
+        res = results.setdefault(hm.target, TargetResult(target=hm.target, geometry=geometry))
+        res.heatmaps[hm.method] = decode_map(hm.map)
+        res.normalized[hm.method] = hm.map.dtype.lower() == "png"
+    for ls in msg.latent_shifts:
+        res = results.setdefault(ls.target, TargetResult(target=ls.target, geometry=geometry))
+        res.latent_shift = _latent_shift(ls)
+    return Explanation(
+        request_id=msg.request_id,
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        not_for_diagnostic_use=msg.not_for_diagnostic_use,
+        findings=_findings(msg),
+        targets=list(msg.targets) or list(results),
+        results=results,
+        geometry=geometry,
+        timings_ms=dict(msg.timings_ms),
+        raw=msg,
+    )
+
+
+def to_description(msg: explain_pb2.ExplainResponse) -> ModelDescription:
+    """The ``description`` of a ``describe=true`` answer."""
+    err = payload_error(msg)
+    if err is not None:
+        raise err
+    if not msg.HasField("description"):
+        raise CxrExplainClientError(
+            "the server answered describe=true without a description; is this a cxrexplain model?"
+        )
+    d = msg.description
+    spec = json_format.MessageToDict(d.input_spec, preserving_proto_field_name=True)
+    return ModelDescription(
+        name=d.name or msg.model_name,
+        version=d.version or msg.model_version,
+        architecture=d.architecture,
+        labels=list(d.labels),
+        operating_points=[float(v) for v in d.operating_points],
+        input_spec=spec,
+        methods=list(d.methods),
+        has_autoencoder=d.has_autoencoder,
+        intended_use=d.intended_use,
+        weights_sha256=d.weights_sha256,
+    )
+
+
+class StreamAssembler:
+    """Accumulates streamed parts into one message: repeated fields append, scalars take the latest value,
+    so after the ``last`` part the assembled explanation equals the unary answer."""
+
+    def __init__(self) -> None:
+        self._acc = explain_pb2.ExplainResponse()
+        self.finished = False
+
+    def add(self, part: explain_pb2.ExplainResponse) -> StreamPart:
+        """Merge one part; raise its error if it carries one; return the part as seen by the user."""
+        err = payload_error(part)
+        if err is not None:
+            raise err
+        if self.finished:
+            raise CxrExplainClientError("the server sent a part after the last one")
+        # Targets repeat in every part that names them: merge them without duplicates.
+        targets = [t for t in part.targets if t not in self._acc.targets]
+        trimmed = explain_pb2.ExplainResponse()
+        trimmed.CopyFrom(part)
+        del trimmed.targets[:]
+        trimmed.targets.extend(targets)
+        self._acc.MergeFrom(trimmed)
+        self.finished = part.last
+        kind = part.part or ("end" if part.last else "")
+        heatmaps = [(h.target, h.method, decode_map(h.map)) for h in part.heatmaps]
+        return StreamPart(
+            kind=kind,
+            last=part.last,
+            findings=_findings(part),
+            heatmaps=heatmaps,
+            latent_shifts=[_latent_shift(ls) for ls in part.latent_shifts],
+            explanation=to_explanation(self._acc),
+            raw=part,
+        )
+
+    def message(self) -> explain_pb2.ExplainResponse:
+        """The assembled message so far."""
+        return self._acc
