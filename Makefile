@@ -28,7 +28,7 @@ java:
 	@$(BIN)/python -m export.java_check
 
 lint: venv
-	$(BIN)/ruff check handlers export client tests benchmarks protos
+	$(BIN)/ruff check handlers export client tests benchmarks protos scripts
 
 typecheck: venv
 	$(BIN)/mypy
