@@ -1,0 +1,104 @@
+"""Relative attributing propagation (Nam et al., AAAI 2020; 000 §2 eqs. 3-6) on the propagation rule engine.
+
+Reading of 000's equations (the extracted text has index typos: ``sum_i z_ij`` is the sum over the inputs
+i of neuron j, the outer sums run over the neurons j of the layer above). ``z_ij = x_i w_ij`` without bias,
+``z_ij^+`` / ``z_ij^-`` its positive / negative part (sign of the product).
+
+* eq. 3 (first backward step only, output layer q -> penultimate layer p): each input gets its actual
+  forward contribution to the target, ``R_i^(p) = (z_ij^+ + z_ij^-) R_j^(q) = z_ij`` with ``R_j^(q)`` the
+  unit indicator of the target neuron (a literal ``sum_i`` would make R_i independent of i). The sum over i
+  is f(x) minus the bias, i.e. f(x) on a bias-free head: eq. 1 holds.
+* eq. 4: ``R'_i = |R_i| * sum_i R_i / sum_i |R_i|`` per sample: influence instead of value, total kept.
+* eq. 5 (every later affine layer): ``Rbar_i = sum_j [ z_ij^+ / sum_i z_ij^+ * R_j
+  + z_ij^- / sum_i z_ij^- * R_j * sum_i |z_ij^-| / sum_i (|z_ij^+| + |z_ij^-|) ]``: the positive part carries
+  all of R_j, the negative part a further share R_j times neuron j's fraction of negative influence.
+* eq. 6: ``Psi = (sum_i of the negative part of eq. 5) / Gamma``, Gamma the number of activated input neurons
+  (``x_i != 0``) of the layer per sample; ``R_i = Rbar_i - Psi`` on activated neurons, ``Rbar_i`` elsewhere.
+  Subtracting exactly the surplus of eq. 5 restores conservation (eq. 1) and pushes weakly influential
+  neurons negative (the bi-polar map).
+
+Non-affine nodes (ReLU, pooling, concatenation, addition, reshapes) use the same rules as LRP.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..bundle import ClassifierBundle
+from ..propagation import (
+    RELEVANCE_RULES,
+    Rule,
+    Site,
+    per_sample_sum,
+    positive,
+    propagate,
+    split_sign,
+)
+from .base import Captures, ForwardContext, Method, MethodOutput, register
+
+
+def influence_normalization(site: Site, relevance: torch.Tensor) -> list[torch.Tensor]:
+    """000 eqs. 3-4 at the output layer; ``relevance`` is the target indicator."""
+    x = site.inputs[0]
+    contribution = x * site.layer.transpose(relevance, x)  # eq. 3: R_i = z_ij for the target j
+    # eq. 4: R'_i = |R_i| * sum_i R_i / sum_i |R_i|
+    magnitude = contribution.abs()
+    return [magnitude * per_sample_sum(contribution) / positive(per_sample_sum(magnitude))]
+
+
+def relative_attribution(site: Site, relevance: torch.Tensor) -> list[torch.Tensor]:
+    """000 eqs. 5-6 at every other affine node."""
+    layer = site.layer
+    x = site.inputs[0]
+    activated = x != 0  # m_i activated (eq. 6)
+    gamma = per_sample_sum(activated).clamp(min=1)
+    if layer.kind == "diagonal":
+        # One contribution per neuron: eq. 5 gives Rbar_i = R_i wherever z_i = a_i x_i != 0 (through the
+        # positive part if z_i > 0, through the negative part, with fraction 1, if z_i < 0).
+        z = layer.forward(x)
+        psi = per_sample_sum(relevance * (z < 0)) / gamma  # eq. 6 over the negative part
+        return [(relevance - psi) * activated]
+    xp, xn = split_sign(x, site.nonnegative)
+    pos_sum = layer.positive_sum(xp, xn)  # P_j = sum_i z_ij^+
+    neg_sum = layer.preactivation(site.output) - pos_sum  # N_j = sum_i z_ij^- = z_j - P_j (no second conv)
+    total = positive(pos_sum - neg_sum)  # T_j = sum_i (|z_ij^+| + |z_ij^-|)
+    # eq. 5: Rbar_i = sum_j z_ij^+ (R_j / P_j) + sum_j z_ij^- / N_j * (R_j |N_j| / T_j); the latter factor
+    # simplifies to z_ij^- * (-R_j / T_j), which needs no division by N_j.
+    s_pos = relevance / positive(pos_sum)
+    s_neg = -relevance / total
+    rbar = layer.mixed_share(xp, xn, s_pos, s_neg)
+    # eq. 6: Psi = sum_i (negative part of eq. 5) / Gamma = sum_j N_j s_neg_j / Gamma, taken at the outputs
+    psi = per_sample_sum(neg_sum * s_neg) / gamma
+    return [rbar - psi * activated]
+
+
+RAP_RULES: dict[str, Rule] = {
+    **RELEVANCE_RULES,
+    "head": influence_normalization,
+    "affine": relative_attribution,
+}
+
+
+@register
+class RAP(Method):
+    """Relative attributing propagation: bi-polar relevance by relative influence (000 eqs. 3-6).
+
+    The first step (output layer) gives each penultimate neuron its actual contribution to the target logit
+    and re-signs it by influence (eqs. 3-4); every later affine layer splits relevance through positive and
+    negative contributions and shifts it uniformly over activated neurons (eqs. 5-6). On a bias-free network
+    the input relevance sums to f(x) (eq. 1). Cost: about four extra forward-equivalents. Output: input
+    relevance summed over channels, signed.
+    """
+
+    name = "rap"
+
+    def captures(self, bundle: ClassifierBundle) -> Captures:
+        return "all"
+
+    def cost(self) -> int:
+        return 2
+
+    def explain(self, ctx: ForwardContext) -> MethodOutput:
+        start = torch.zeros_like(ctx.logits.detach()).scatter_(1, ctx.targets[:, None], 1.0)
+        relevance = propagate(ctx.bundle.traced, ctx.activations, start, RAP_RULES, self.name)
+        return MethodOutput(heatmap=relevance.sum(dim=1).float())
