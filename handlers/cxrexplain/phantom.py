@@ -142,11 +142,12 @@ def _draw_anatomy(rng: np.random.Generator, cardiomegaly: bool) -> _Anatomy:
     ctr = rng.uniform(0.55, 0.66) if cardiomegaly else rng.uniform(0.36, 0.46)
     heart_a = ctr * thorax / 2.0
     dome = rng.uniform(0.36, 0.50)
+    heart_b = rng.uniform(0.21, 0.27) * (1.0 + 0.5 * (heart_a - 0.26))
     return _Anatomy(
         lung_cx=lung_cx, lung_a=lung_a, lung_b=rng.uniform(0.56, 0.64), lung_cy=rng.uniform(-0.12, -0.04),
         dome_y=(dome - rng.uniform(0.02, 0.06), dome),
-        heart_cx=0.1 * heart_a / 0.3 + rng.uniform(0.0, 0.05), heart_cy=dome - rng.uniform(0.16, 0.22),
-        heart_a=heart_a, heart_b=rng.uniform(0.18, 0.23) * (1.0 + 0.3 * (heart_a - 0.26)),
+        heart_cx=0.1 * heart_a / 0.3 + rng.uniform(0.0, 0.05), heart_cy=dome - heart_b * rng.uniform(0.6, 0.75),
+        heart_a=heart_a, heart_b=heart_b,
         rib_y0=rng.uniform(-0.80, -0.72), rib_step=rng.uniform(0.115, 0.135),
     )
 
@@ -224,11 +225,11 @@ def make_phantom(
     heart = _soft_inside(heart_f, soft / an.heart_a)
     lung_soft *= 1.0 - heart[None]
     lungs = lung_soft.sum(axis=0)
-    below_domes = 1.0 - _below(y, np.where(x < 0, an.dome_y[0], an.dome_y[1]) + 0.16 * (
+    below_domes = 1.0 - _below(y, np.where(x < 0, np.float32(an.dome_y[0]), np.float32(an.dome_y[1])) + 0.16 * (
         (ax - an.lung_cx) / an.lung_a) ** 2, 3 * soft)
 
     # Mediastinum (a column from the neck down into the heart) with the air-filled trachea; the spine.
-    med_half = 0.08 + 0.06 * np.clip((y + 0.3) / 0.5, 0.0, 1.0)
+    med_half = 0.10 + 0.08 * np.clip((y + 0.3) / 0.5, 0.0, 1.0)
     mediastinum = _below(ax, med_half, soft) * _below(y, an.heart_cy, soft)
     trachea = _below(ax, 0.035, soft) * _below(y, an.lung_cy - 0.25, 2 * soft)
     spine = _below(ax, 0.065, soft)
@@ -239,7 +240,7 @@ def make_phantom(
     cage = _soft_inside(_ellipse(x, y, 0.0, an.lung_cy - 0.02, an.lung_cx + an.lung_a + 0.07, an.lung_b + 0.1),
                         0.08) * (1.0 - below_domes * 0.7)
     t = ax - 0.06
-    phase = (y - an.rib_y0 + 0.20 * t - 0.62 * t**2) / an.rib_step
+    phase = (y - an.rib_y0 + 0.12 * t - 0.85 * t**2) / an.rib_step
     d = (phase - np.round(phase)) * an.rib_step
     posterior = np.exp(-((d / (0.02 + 0.012 * t)) ** 2)) * (t > 0) * (phase > -0.5) * (phase < 9.5)
     phase_a = (y - an.rib_y0 - 0.55 + 0.45 * (0.75 - ax)) / (an.rib_step * 1.4)
@@ -258,10 +259,10 @@ def make_phantom(
     tissue = _smooth_noise(rng, size, 10.0 * size / 224)
 
     # Density ("attenuation") before the acquisition: soft tissue, minus lung air, plus bone and organs.
-    dens = body * (0.50 + 0.04 * tissue + 0.05 * below_domes)
+    dens = body * (0.50 + 0.04 * tissue + 0.07 * below_domes)
     dens = dens - lungs * (0.38 - 0.12 * markings)
-    dens += 0.18 * mediastinum * (1 - lungs) + 0.16 * heart - 0.10 * trachea
-    dens += 0.08 * spine * (0.6 + 0.4 * vertebrae) + 0.13 * ribs * body + 0.15 * clavicle * body
+    dens += 0.11 * np.maximum(mediastinum * (1 - lungs), heart) - 0.10 * trachea
+    dens += 0.08 * spine * (0.6 + 0.4 * vertebrae) + 0.09 * ribs * body + 0.15 * clavicle * body
 
     masks: dict[str, np.ndarray] = {}
     lung_masks = lung_soft > 0.5
@@ -283,23 +284,23 @@ def make_phantom(
     if on["Nodule"]:
         cx, cy, _ = pick_point_in_lung(0.08)
         xx, yy = _pixel_grid(size)
-        r = rng.uniform(0.045, 0.07)
+        r = rng.uniform(0.05, 0.075)
         f = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / r
         nod = _soft_inside(f, 0.25)
-        dens += rng.uniform(0.20, 0.30) * nod * np.sqrt(np.clip(1 - f**2, 0, 1) + 0.3)
+        dens += rng.uniform(0.26, 0.36) * nod * np.sqrt(np.clip(1 - f**2, 0, 1) + 0.3)
         masks["Nodule"] = nod > 0.5
 
     if on["Mass"]:
         cx, cy, _ = pick_point_in_lung(0.12)
         xx, yy = _pixel_grid(size)
-        r0 = rng.uniform(0.12, 0.18)
+        r0 = rng.uniform(0.13, 0.19)
         theta = np.arctan2(yy - cy, xx - cx)
         ph = rng.uniform(0, 2 * np.pi, 3)
         lobes = 1 + 0.18 * np.sin(3 * theta + ph[0]) + 0.10 * np.sin(5 * theta + ph[1]) + 0.06 * np.sin(
             7 * theta + ph[2])
         f = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / (r0 * lobes)
         mass = _soft_inside(f, 0.12)
-        dens += rng.uniform(0.22, 0.32) * mass * (0.8 + 0.2 * np.clip(1 - f, 0, 1)) * (0.9 + 0.1 * tissue)
+        dens += rng.uniform(0.28, 0.36) * mass * (0.8 + 0.2 * np.clip(1 - f, 0, 1)) * (0.9 + 0.1 * tissue)
         masks["Mass"] = mass > 0.5
 
     if on["Effusion"]:
@@ -325,7 +326,7 @@ def make_phantom(
         collapsed_f = _ellipse(x, y, cx, cy, an.lung_a * shrink, an.lung_b * shrink)
         rim = lung_soft[k] * (1.0 - _soft_inside(collapsed_f, soft / an.lung_a))
         pleura = np.exp(-(((collapsed_f - 1.0) * an.lung_a * shrink / (0.9 * px)) ** 2)) * lung_soft[k]
-        dens -= rim * (0.12 * markings + 0.10)
+        dens -= rim * (0.12 * markings + 0.13)
         dens += 0.10 * pleura * (1 - rim)
         masks["Pneumothorax"] = rim > 0.5
 
@@ -335,7 +336,9 @@ def make_phantom(
     img = np.clip((dens - lo) / (hi - lo), 0.0, 1.0)
     img = img ** rng.uniform(0.7, 1.4)
     img = _smooth(img, rng.uniform(0.3, 1.0) * size / 224)
-    img = img + rng.uniform(0.005, 0.03) * rng.standard_normal(img.shape).astype(np.float32)
+    # Quantum noise per pixel shrinks as pixels grow (a downsampled detector averages more photons).
+    noise = rng.uniform(0.005, 0.03) * min(1.0, np.sqrt(size / 224))
+    img = img + noise * rng.standard_normal(img.shape).astype(np.float32)
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
 
     masks = {name: m for name, m in masks.items() if m.any()}

@@ -21,9 +21,13 @@ class CAM(Method):
     def captures(self, bundle: ClassifierBundle) -> Captures:
         return (bundle.cam_layer or bundle.traced.cam_head().feature_node,)
 
-    def explain(self, ctx: ForwardContext) -> MethodOutput:
+    def feature_map(self, ctx: ForwardContext) -> torch.Tensor:
+        """(N, h, w) CAM at the feature map's resolution, before upsampling."""
         bundle = ctx.bundle
         features = ctx.activations[bundle.cam_layer or bundle.traced.cam_head().feature_node].detach()
         weights = bundle.traced.cam_head().linear.weight.detach()[ctx.targets]  # (N, K)
-        cam = torch.einsum("nk,nkhw->nhw", weights, features)
-        return MethodOutput(heatmap=to_input_size(cam, ctx.x))
+        # Zhou et al. §2: M_c(x, y) = sum_k w_k^c f_k(x, y)
+        return torch.einsum("nk,nkhw->nhw", weights, features)
+
+    def explain(self, ctx: ForwardContext) -> MethodOutput:
+        return MethodOutput(heatmap=to_input_size(self.feature_map(ctx), ctx.x))

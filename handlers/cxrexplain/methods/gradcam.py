@@ -18,7 +18,9 @@ from .base import Captures, ForwardContext, Method, MethodOutput, register
 from .upsample import to_input_size
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
-_ACTIVATION_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish)
+_ACTIVATION_FUNCTIONS = (
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
+)
 _NORM_MODULES = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
 
 
@@ -104,10 +106,14 @@ class GradCAM(Method):
         features = ctx.activations[name]
         if features.ndim != 4:
             raise UnsupportedModel(
-                f"gradcam needs a (N, K, h, w) feature map; layer {name!r} gives shape {tuple(features.shape)}"
+                f"gradcam needs a (N, K, h, w) feature map; layer {name!r} gives shape "
+                f"{tuple(features.shape)}: choose a convolutional layer with the layer option"
             )
         # Rows are independent, so the gradient of the summed target logits is each row's own gradient.
-        (grads,) = torch.autograd.grad(ctx.target_logits().sum(), features, retain_graph=True)
+        (grads,) = torch.autograd.grad(ctx.target_logits().sum(), features, retain_graph=True,
+                                       allow_unused=True)
+        if grads is None:  # the layer does not reach the logits (a side branch): no evidence there
+            grads = torch.zeros_like(features)
         weights = grads.mean(dim=(2, 3))  # Selvaraju eq. 1: alpha_k^c = 1/Z sum_ij dy^c/dA_ij^k
         return torch.relu(torch.einsum("nk,nkhw->nhw", weights, features.detach()))  # eq. 2
 

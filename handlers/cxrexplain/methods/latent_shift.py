@@ -1,0 +1,215 @@
+"""Latent Shift (Cohen et al., 003): counterfactual frames from an autoencoder, and a 2-D map of what changed.
+
+For each row: z = E(x); the direction is ∂f(D(z))/∂z (003 eq. 1, f the target's logit by default or its
+probability as in the paper); the λ range is searched (003 §4.2, :mod:`cxrexplain.lambda_search`); K frames
+x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between the bounds; the map reduces them
+(App. B). Classifier and autoencoder may live in different input spaces: images cross through unit space
+(``InputSpec.to_unit`` / ``from_unit``, resized when the sizes differ), differentiably.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..bundle import AutoencoderBundle, ClassifierBundle
+from ..errors import AutoencoderRequired, InvalidOption
+from ..lambda_search import Bound, Search, StopRule, fast, published_lambdas, published_walk, run_searches, walk
+from .base import ForwardContext, Method, MethodOutput, register
+
+DIRECTIONS = ("logit", "sigmoid")
+MAPS = ("max", "mean", "minmax", "int")
+SEARCHES = ("fast", "exhaustive", "app_c", "reference_walk")
+# Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (DESIGN.md); GPUs want more.
+CPU_BATCH, CUDA_BATCH = 2, 16
+
+
+def _resize(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(g.shape[-2:]) == size:
+        return g
+    shrink = g.shape[-2] > size[0] or g.shape[-1] > size[1]
+    return F.interpolate(g, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+class Shifter:
+    """Eq. 1 and eq. 2 for one batch: latents, directions, and batched decode+classify at any (row, λ).
+
+    ``passes`` counts decode+classify evaluations (one per image).
+    """
+
+    def __init__(self, bundle: ClassifierBundle, autoencoder: AutoencoderBundle, x: torch.Tensor,
+                 targets: torch.Tensor, batch_size: int):
+        ae: Any = autoencoder.module  # any module with encode / decode (AutoencoderBundle checked that)
+        self.clf = bundle.module
+        self.encode: Callable[[torch.Tensor], torch.Tensor] = ae.encode
+        self.decode: Callable[[torch.Tensor], torch.Tensor] = ae.decode
+        self.clf_spec, self.ae_spec = bundle.input_spec, autoencoder.input_spec
+        self.size = (int(x.shape[-2]), int(x.shape[-1]))
+        self.targets, self.batch_size, self.passes = targets, batch_size, 0
+        with torch.no_grad():
+            self.z = torch.cat([self.encode(self.to_ae(c)) for c in x.detach().split(batch_size)])
+
+    def to_ae(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier input -> unit space -> autoencoder input (differentiable)."""
+        if self.clf_spec == self.ae_spec and self.size == (self.ae_spec.size,) * 2:
+            return x
+        g = _resize(self.clf_spec.to_unit(x), (self.ae_spec.size, self.ae_spec.size))
+        return self.ae_spec.from_unit(g)
+
+    def to_clf(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder output -> (classifier input, unit-space gray at the classifier's size); differentiable."""
+        g = _resize(self.ae_spec.to_unit(d), self.size)
+        if self.clf_spec == self.ae_spec:
+            return (d if tuple(d.shape[-2:]) == self.size else self.clf_spec.from_unit(g)), g
+        return self.clf_spec.from_unit(g), g
+
+    def _target_logit(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.clf(x).gather(1, self.targets[rows, None])[:, 0]
+
+    def directions(self, direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """∂f(D(z))/∂z per row (eq. 1), with p0 = f(D(E(x))) as probability and the unit-space D(E(x))."""
+        grads, p0, x0 = [], [], []
+        for rows in torch.arange(len(self.z), device=self.z.device).split(self.batch_size):
+            with torch.enable_grad():
+                z = self.z[rows].detach().requires_grad_(True)
+                x_clf, g = self.to_clf(self.decode(z))
+                logit = self._target_logit(x_clf, rows)
+                f = logit if direction == "logit" else torch.sigmoid(logit)
+                # Rows are independent (eval mode), so the gradient of the sum is each row's own gradient.
+                (grad,) = torch.autograd.grad(f.sum(), z)
+            grads.append(grad)
+            p0.append(torch.sigmoid(logit.detach()))
+            x0.append(g.detach()[:, 0])
+            self.passes += len(rows)
+        return torch.cat(grads), torch.cat(p0), torch.cat(x0)
+
+    @torch.no_grad()
+    def evaluate(self, rows: Sequence[int], lams: Sequence[float], grad: torch.Tensor,
+                 keep_images: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target probability of x'_λ = D(z + λ ∂f/∂z) (eqs. 1-2) at each (row, λ); optionally the unit images."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.z.device)
+        shift = torch.as_tensor(list(lams), dtype=self.z.dtype, device=self.z.device)
+        probs, images = [], []
+        for r, lam in zip(index.split(self.batch_size), shift.split(self.batch_size), strict=True):
+            z = self.z[r] + lam.view(-1, *[1] * (self.z.ndim - 1)) * grad[r]  # eq. 1
+            x_clf, g = self.to_clf(self.decode(z))  # eq. 2
+            probs.append(torch.sigmoid(self._target_logit(x_clf, r)))
+            if keep_images:
+                images.append(g[:, 0])
+            self.passes += len(r)
+        return torch.cat(probs), (torch.cat(images) if keep_images else None)
+
+
+def latent_map(frames: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tensor:
+    """Reduce (N, K, H, W) frames (λ ascending) to (N, H, W) maps (003 App. B); ``x0`` is D(E(x)), λ = 0."""
+    if kind == "max":  # latentshift-max: per pixel, the largest change from the λ = 0 reconstruction
+        return (frames - x0[:, None]).abs().amax(dim=1)
+    if kind == "mean":  # mean |x_λ - x_0|, as the reference code computes it (the paper's text averages x_λ)
+        return (frames - x0[:, None]).abs().mean(dim=1)
+    if kind == "minmax":  # latentshift-minmax: |x_λmin - x_λmax|
+        return (frames[:, 0] - frames[:, -1]).abs()
+    if kind == "int":  # latentshift-sliding interval: mean |difference between consecutive frames|
+        return (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=1)
+    raise InvalidOption(f"latent_shift: unknown map {kind!r}; use one of {', '.join(MAPS)}")
+
+
+@register
+class LatentShift(Method):
+    """Latent Shift counterfactual frames and map (003 eqs. 1-2, §4.2, App. B/C/K).
+
+    Options: ``frames`` (K, default 10); ``direction`` (``logit`` default, ``sigmoid`` as in the paper);
+    ``map`` (``max``, ``mean``, ``minmax``, ``int``); ``search`` (``fast`` default, ``exhaustive``, ``app_c``,
+    ``reference_walk``); ``max_lambda`` (cap on |λ|, 1000 as in App. C); ``step`` (grid step of the walk, 10 as
+    in App. C); ``batch_size`` (decode+classify batch, 0 = by device); ``fall`` / ``rise`` (fractions of p0
+    that end the lower / upper search, 0.30 / 0.05).
+    """
+
+    name = "latent_shift"
+    options = {"frames": int, "direction": str, "map": str, "search": str, "max_lambda": float, "step": float,
+               "batch_size": int, "fall": float, "rise": float}
+    frames: int = 10
+    direction: str = "logit"
+    map: str = "max"
+    search: str = "fast"
+    max_lambda: float = 1000.0
+    step: float = 10.0
+    batch_size: int = 0
+    fall: float = 0.30
+    rise: float = 0.05
+
+    def __init__(self, **options: object):
+        super().__init__(**options)
+        checks = {
+            "direction": self.direction in DIRECTIONS, "map": self.map in MAPS, "search": self.search in SEARCHES,
+            "frames": self.frames >= 2, "max_lambda": self.max_lambda > 0, "step": self.step > 0,
+            "batch_size": self.batch_size >= 0, "fall": 0 < self.fall < 1, "rise": self.rise > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                allowed = {"direction": DIRECTIONS, "map": MAPS, "search": SEARCHES}.get(key)
+                hint = f"one of {', '.join(allowed)}" if allowed else "see the method's documentation"
+                raise InvalidOption(f"latent_shift: {key}={getattr(self, key)!r} is not valid; use {hint}")
+
+    def cost(self) -> int:
+        kmax = math.ceil(self.max_lambda / self.step)
+        search = {"fast": 2 * (2 * math.ceil(math.log2(kmax + 1)) + 1), "exhaustive": 2 * kmax,
+                  "app_c": kmax, "reference_walk": kmax + 9}[self.search]
+        return 1 + self.frames + search
+
+    def _searches(self, p0: list[float]) -> list[tuple[int, Search]]:
+        searches: list[tuple[int, Search]] = []
+        for row, p in enumerate(p0):
+            if self.search in ("fast", "exhaustive"):
+                run = fast if self.search == "fast" else walk
+                searches.append((row, run(StopRule(-1, p, p * (1 - self.fall), self.step, self.max_lambda))))
+                searches.append((row, run(StopRule(+1, p, p * (1 + self.rise), self.step, self.max_lambda))))
+            else:  # published walks: lower bound only, upper bound 0
+                fine = self.search == "reference_walk"
+                fall = 0.15 if fine else 0.5
+                searches.append((row, published_walk(p, fall, self.max_lambda, published_lambdas(fine))))
+        return searches
+
+    def explain(self, ctx: ForwardContext) -> MethodOutput:
+        if ctx.autoencoder is None:
+            raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
+        batch = self.batch_size or (CUDA_BATCH if ctx.x.device.type == "cuda" else CPU_BATCH)
+        shifter = Shifter(ctx.bundle, ctx.autoencoder, ctx.x, ctx.targets, batch)
+        grad, p0, x0 = shifter.directions(self.direction)
+
+        def probabilities(rows: Sequence[int], lams: Sequence[float]) -> torch.Tensor:
+            return shifter.evaluate(rows, lams, grad)[0]
+
+        p0_list = p0.tolist()
+        bounds = run_searches(self._searches(p0_list), p0_list, probabilities)
+        n = len(p0_list)
+        if self.search in ("fast", "exhaustive"):
+            lower, upper = bounds[0::2], bounds[1::2]
+        else:
+            lower, upper = bounds, [Bound(0.0, False)] * n
+        search_passes = shifter.passes - n
+        lambdas = torch.stack([torch.linspace(lo.lam, hi.lam, self.frames) for lo, hi in zip(lower, upper,
+                                                                                            strict=True)])
+        rows = torch.arange(n).repeat_interleave(self.frames)
+        probs, images = shifter.evaluate(rows.tolist(), lambdas.flatten().tolist(), grad, keep_images=True)
+        assert images is not None
+        frames = images.clamp(0, 1).view(n, self.frames, *shifter.size)
+        x0 = x0.clamp(0, 1)
+        target_p = ctx.probabilities.gather(1, ctx.targets[:, None])[:, 0]
+        return MethodOutput(
+            heatmap=latent_map(frames, x0, self.map).float(),
+            extras={
+                "frames": frames,
+                "lambdas": lambdas.to(frames.device),
+                "frame_probabilities": probs.view(n, self.frames),
+                "reconstruction_gap": target_p - p0,  # 003 App. K: f(x) - f(D(E(x)))
+                "reconstruction": x0,
+                "upper_bound_reached": torch.tensor([b.reached for b in upper]),
+                "lower_bound_reached": torch.tensor([b.reached for b in lower]),
+                "passes": shifter.passes,
+                "search_passes": search_passes,
+            },
+        )

@@ -1,0 +1,288 @@
+"""The Explainer's contract: input validation, targets, the shared forward, result types, nothing left behind.
+
+Runs every registered method that needs nothing beyond the classifier (``latent_shift`` needs an autoencoder,
+``semantic`` a dissection table), so methods landing later are held to the same contract.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from cxrexplain import (
+    AutoencoderRequired,
+    ClassifierBundle,
+    Explainer,
+    InvalidInput,
+    UnknownLabel,
+    UnknownMethod,
+)
+from cxrexplain.methods import base as registry
+from cxrexplain.methods.base import ForwardContext, Method, MethodOutput
+from cxrexplain.models import build_classifier
+from cxrexplain.spec import unit_spec
+
+LABELS = ["Cardiomegaly", "Nodule", "Mass", "Effusion", "Pneumothorax"]
+SIZE = 32
+NEEDS_MORE = {"latent_shift", "semantic"}  # need an autoencoder / a dissection table
+
+
+def classifier_methods() -> list[str]:
+    return sorted(set(registry.REGISTRY) - NEEDS_MORE)
+
+
+def small_options() -> dict[str, dict[str, int]]:
+    return {"integrated_gradients": {"steps": 4}}
+
+
+@pytest.fixture()
+def bundle() -> ClassifierBundle:
+    torch.manual_seed(0)
+    module = build_classifier("densenet_small", len(LABELS), in_channels=1)
+    return ClassifierBundle(module=module, labels=list(LABELS), input_spec=unit_spec(1, SIZE))
+
+
+@pytest.fixture()
+def x() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(3, 1, SIZE, SIZE)
+
+
+# ---------------------------------------------------------------------------------------------- input errors
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: torch.rand(1, SIZE, SIZE), "N, C, H, W"),
+        (lambda: torch.rand(1, 1, 1, SIZE, SIZE), "N, C, H, W"),
+        (lambda: torch.rand(2, 3, SIZE, SIZE), "1 channel"),
+        (lambda: torch.rand(0, 1, SIZE, SIZE), "empty"),
+        (lambda: torch.ones(1, 1, SIZE, SIZE, dtype=torch.uint8), "floating"),
+        (lambda: torch.ones(1, 1, SIZE, SIZE, dtype=torch.int64), "floating"),
+        (lambda: torch.rand(1, 1, SIZE, SIZE).index_fill_(2, torch.tensor([3]), float("nan")), "NaN"),
+        (lambda: torch.rand(1, 1, SIZE, SIZE).index_fill_(3, torch.tensor([0]), float("inf")), "Inf"),
+        (lambda: np.zeros((1, 1, SIZE, SIZE), dtype=np.float32), "torch.Tensor"),
+    ],
+    ids=["3d", "5d", "channels", "empty", "uint8", "int64", "nan", "inf", "numpy"],
+)
+def test_invalid_input(bundle: ClassifierBundle, make, message: str) -> None:
+    ex = Explainer(bundle, device="cpu")
+    with pytest.raises(InvalidInput, match=message):
+        ex.explain(make(), methods=["cam"], targets=0)
+    with pytest.raises(InvalidInput):
+        ex.predict(make())
+
+
+def test_unknown_label(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    ex = Explainer(bundle, device="cpu")
+    with pytest.raises(UnknownLabel, match="Cardiomegaly, Nodule"):
+        ex.explain(x, methods=["cam"], targets="Atelectasis")
+    with pytest.raises(UnknownLabel, match="out of range"):
+        ex.explain(x, methods=["cam"], targets=len(LABELS))
+    with pytest.raises(UnknownLabel):
+        ex.explain(x, methods=["cam"], targets=["Mass", "Mass", "nope"])
+
+
+def test_unknown_method_lists_the_known_ones(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    with pytest.raises(UnknownMethod) as info:
+        Explainer(bundle, device="cpu").explain(x, methods=["cam", "occlusion"], targets=0)
+    message = str(info.value)
+    assert "occlusion" in message
+    for name in registry.REGISTRY:
+        assert name in message
+
+
+def test_latent_shift_without_autoencoder(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    if "latent_shift" not in registry.REGISTRY:
+        pytest.skip("latent_shift is not registered yet")
+    with pytest.raises(AutoencoderRequired, match="autoencoder"):
+        Explainer(bundle, device="cpu").explain(x, methods=["cam", "latent_shift"], targets=0)
+
+
+# --------------------------------------------------------------------------------------------------- targets
+
+
+def test_targets_by_name_and_by_index(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    ex = Explainer(bundle, device="cpu")
+    by_name = ex.explain(x, methods=["gradcam"], targets=["Mass", "effusion", "NODULE"])
+    by_index = ex.explain(x, methods=["gradcam"], targets=[2, 3, 1])
+    mixed = ex.explain(x, methods=["gradcam"], targets=["Mass", "3", 1])
+    assert by_name.targets == by_index.targets == mixed.targets == [2, 3, 1]
+    assert by_name.target_names == ["Mass", "Effusion", "Nodule"]
+    torch.testing.assert_close(by_name.heatmaps["gradcam"], by_index.heatmaps["gradcam"], rtol=0, atol=0)
+    torch.testing.assert_close(mixed.heatmaps["gradcam"], by_index.heatmaps["gradcam"], rtol=0, atol=0)
+
+
+def test_one_target_is_broadcast_and_rows_are_independent(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    ex = Explainer(bundle, device="cpu")
+    one = ex.explain(x, methods=["saliency", "cam"], targets="Mass")
+    per_row = ex.explain(x, methods=["saliency", "cam"], targets=["Mass"] * 3)
+    assert one.targets == per_row.targets == [2, 2, 2]
+    for name in ("saliency", "cam"):
+        torch.testing.assert_close(one.heatmaps[name], per_row.heatmaps[name], rtol=0, atol=0)
+    # Each row's map depends only on that row and its target: explaining a row alone gives the same map.
+    alone = ex.explain(x[1:2], methods=["saliency", "cam"], targets="Mass")
+    for name in ("saliency", "cam"):
+        torch.testing.assert_close(alone.heatmaps[name][0], one.heatmaps[name][1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InvalidInput, match="one target per row"):
+        ex.explain(x, methods=["cam"], targets=["Mass", "Nodule"])
+
+
+def test_no_target_explains_the_most_probable_finding(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    res = Explainer(bundle, device="cpu").explain(x, methods=["cam"])
+    assert res.targets == res.probabilities.argmax(dim=1).tolist()
+
+
+# ------------------------------------------------------------------------------------- the shared forward
+
+
+def test_several_methods_in_one_call_equal_separate_calls(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    names = classifier_methods()
+    assert {"cam", "gradcam", "saliency", "integrated_gradients"} <= set(names)
+    ex = Explainer(bundle, device="cpu")
+    targets = ["Mass", 0, "Pneumothorax"]
+    together = ex.explain(x, methods=names, targets=targets, options=small_options())
+    backwards = ex.explain(x, methods=names[::-1], targets=targets, options=small_options())
+    for name in names:
+        alone = ex.explain(x, methods=[name], targets=targets, options=small_options()).heatmaps[name]
+        scale = alone.abs().max().item() or 1.0
+        torch.testing.assert_close(together.heatmaps[name], alone, rtol=1e-5, atol=1e-6 * scale, msg=name)
+        torch.testing.assert_close(backwards.heatmaps[name], alone, rtol=1e-5, atol=1e-6 * scale, msg=name)
+
+
+def test_probabilities_are_the_sigmoid_of_the_module(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    ex = Explainer(bundle, device="cpu")
+    res = ex.explain(x, methods=["cam"], targets=0)
+    with torch.no_grad():
+        expected = torch.sigmoid(bundle.module(x))
+    torch.testing.assert_close(res.probabilities, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ex.predict(x), expected, rtol=1e-5, atol=1e-6)
+    assert res.probabilities.shape == (3, len(LABELS))
+
+
+def test_heatmaps_are_float32_at_input_resolution(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    names = classifier_methods()
+    ex = Explainer(bundle, device="cpu")
+    res = ex.explain(x.double(), methods=names, targets=1, options=small_options())
+    assert set(res.heatmaps) == set(names)
+    for name, heatmap in res.heatmaps.items():
+        assert heatmap.dtype == torch.float32, name
+        assert heatmap.shape == (3, SIZE, SIZE), name
+        assert heatmap.device.type == "cpu", name
+        assert torch.isfinite(heatmap).all(), name
+
+
+# --------------------------------------------------------------------------------------- no state left behind
+
+
+def test_no_autograd_state_and_model_unchanged(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    ex = Explainer(bundle, device="cpu")
+    # Documented: the Explainer freezes the classifier's parameters (requires_grad False) when it takes the
+    # model; gradients flow to the input only.
+    assert not any(p.requires_grad for p in bundle.module.parameters())
+    before = copy.deepcopy(bundle.module.state_dict())
+    x_before = x.clone()
+    res = ex.explain(x, methods=classifier_methods(), targets=2, options=small_options())
+    tensors = [res.probabilities, *res.heatmaps.values()]
+    assert all(not t.requires_grad and t.grad_fn is None for t in tensors)
+    assert not x.requires_grad and x.grad is None
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+    assert not any(p.requires_grad or p.grad is not None for p in bundle.module.parameters())
+    after = bundle.module.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    assert not bundle.module.training
+
+
+def test_a_bare_module_works() -> None:
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=3)
+    ex = Explainer(module, device="cpu")
+    assert ex.labels == ["0", "1", "2"]
+    x = torch.rand(2, 3, SIZE, SIZE)
+    res = ex.explain(x, methods=["cam", "gradcam", "saliency"], targets=[0, "2"])
+    assert res.targets == [0, 2]
+    assert all(h.shape == (2, SIZE, SIZE) for h in res.heatmaps.values())
+    with torch.no_grad():
+        torch.testing.assert_close(res.probabilities, torch.sigmoid(module(x)), rtol=1e-5, atol=1e-6)
+
+
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_state_dict_hooks", "_load_state_dict_pre_hooks")
+
+
+def hook_count(module: nn.Module) -> int:
+    """Hooks on every submodule, plus the global module hooks."""
+    local = sum(len(getattr(m, name, {})) for m in module.modules() for name in HOOK_DICTS)
+    globals_ = torch.nn.modules.module
+    kinds = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+             "_global_backward_pre_hooks")
+    glob = sum(len(getattr(globals_, name)) for name in kinds)
+    return local + glob
+
+
+class Boom(Method):
+    """A method that fails on purpose after the others have run."""
+
+    name = "boom"
+
+    def explain(self, ctx: ForwardContext) -> MethodOutput:
+        raise RuntimeError("on purpose")
+
+
+def test_no_hooks_left_after_explain_or_after_an_exception(
+    bundle: ClassifierBundle, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex = Explainer(bundle, device="cpu")
+    module = bundle.module
+    clean = hook_count(module)
+    state = copy.deepcopy(module.state_dict())
+    names = classifier_methods()
+
+    ex.explain(x, methods=names, targets=0, options=small_options())
+    assert hook_count(module) == clean
+
+    # 1) A later method raises: the earlier ones must have cleaned up already.
+    monkeypatch.setitem(registry.REGISTRY, "boom", Boom)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        ex.explain(x, methods=[*names, "boom"], targets=0, options=small_options())
+    assert hook_count(module) == clean
+
+    # 2) An exception inside a method's own work: a tripwire on the first convolution lets the shared forward
+    # through and raises on any later forward (integrated gradients' path points, a propagation method's own
+    # pass); methods that do no extra forward finish normally. Either way nothing may stay attached.
+    calls = {"n": 0}
+
+    def tripwire(mod: nn.Module, args: tuple) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("tripwire")
+
+    handle = module.features.conv0.register_forward_pre_hook(tripwire)
+    try:
+        armed = hook_count(module)
+        tripped = []
+        for name in names:
+            calls["n"] = 0
+            try:
+                ex.explain(x, methods=[name], targets=0, options=small_options())
+            except RuntimeError as exc:
+                assert "tripwire" in str(exc), name
+                tripped.append(name)
+            assert hook_count(module) == armed, name
+    finally:
+        handle.remove()
+    assert "integrated_gradients" in tripped  # the tripwire does fire inside a method's own forwards
+    assert hook_count(module) == clean
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+    # The Explainer still works after all that.
+    again = ex.explain(x, methods=["cam"], targets=0)
+    assert again.heatmaps["cam"].shape == (3, SIZE, SIZE)

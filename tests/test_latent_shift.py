@@ -1,0 +1,388 @@
+"""Latent Shift (003): the λ searches, frames, maps, reconstruction gap and the input-space adapter.
+
+Most tests run on hand-made models whose prediction along the shift is known in closed form:
+``PoolAE`` (E = 4x4 average pooling, D = nearest upsampling: linear) and ``BoxScore`` (the logit is a fixed
+function of the mean brightness m inside a box). With z' = z + λ ∂f/∂z, m moves linearly in λ, so the logit is
+``g(m0 + λ κ)`` for a known κ and the bounds can be computed by hand. The confident-model test uses the
+phantom-trained fixtures from conftest.
+
+Searches used, by name (DESIGN.md "Reference searches"): ``fast`` and ``exhaustive`` (our stop rule: fall 30 %,
+rise 5 % of p0, on the grid k * step); ``app_c`` (003 App. C as published) and ``reference_walk``
+(mlmed/gifsplanation's walk), each checked against a plain loop written here from the published rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, ExplanationResult
+from cxrexplain.autoencoder import build_autoencoder
+from cxrexplain.errors import AutoencoderRequired, InvalidOption
+from cxrexplain.methods.base import ForwardContext
+from cxrexplain.methods.latent_shift import LatentShift, Shifter, latent_map
+from cxrexplain.models import build_classifier
+from cxrexplain.spec import TORCHVISION, InputSpec, unit_spec
+
+SIZE = 32
+BOX = (8, 24)  # rows and columns 8..23: 16 of the 64 pooled cells
+CELLS = 16
+
+
+class PoolAE(nn.Module):
+    """Linear autoencoder: E = 4x4 average pooling, D = nearest-neighbour upsampling."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 4)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(z, scale_factor=4, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class BoxScore(nn.Module):
+    """Two labels: logit_0 = g(m), logit_1 = -g(m), m = mean of x in the box.
+
+    ``kind``: "linear" g = s (m - c); "tanh" g = 3 tanh(s (m - c)); "turn" g = d - s (m - c)^2 (a peak: the
+    upper search meets it); "valley" g = d + s (m - c)^2 (with m > c the lower search meets its floor).
+    """
+
+    def __init__(self, kind: str, s: float, c: float, d: float = 0.0):
+        super().__init__()
+        self.kind, self.s, self.c, self.d = kind, s, c, d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x[:, :, BOX[0]:BOX[1], BOX[0]:BOX[1]].mean(dim=(1, 2, 3))
+        if self.kind == "linear":
+            g = self.s * (m - self.c)
+        elif self.kind == "tanh":
+            g = 3 * torch.tanh(self.s * (m - self.c))
+        elif self.kind == "turn":
+            g = self.d - self.s * (m - self.c) ** 2
+        else:
+            g = self.d + self.s * (m - self.c) ** 2
+        return torch.stack([g, -g], dim=1)
+
+
+def explainer(clf: nn.Module, ae: nn.Module | None = None, size: int = SIZE) -> Explainer:
+    bundle = ClassifierBundle(clf, ["finding", "other"], input_spec=unit_spec(1, size))
+    return Explainer(bundle, None if ae is None else AutoencoderBundle(ae, unit_spec(1, size)), device="cpu")
+
+
+def images(n: int = 2, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.rand(n, 1, SIZE, SIZE)
+
+
+def shift(ex: Explainer, x: torch.Tensor, **options: object) -> ExplanationResult:
+    return ex.explain(x, ["latent_shift"], targets="finding", options={"latent_shift": options})
+
+
+def curve(clf: nn.Module, ae: nn.Module, x: torch.Tensor, direction: str) -> Callable[[float], float]:
+    """Independent re-implementation of p(λ) = σ(f(D(z + λ ∂f/∂z))) for one image (003 eqs. 1-2)."""
+    z = ae.encode(x).detach().requires_grad_(True)
+    logit = clf(ae.decode(z))[0, 0]
+    f = logit if direction == "logit" else torch.sigmoid(logit)
+    (grad,) = torch.autograd.grad(f, z)
+
+    def p(lam: float) -> float:
+        with torch.no_grad():
+            return torch.sigmoid(clf(ae.decode(z + lam * grad))[0, 0]).item()
+
+    return p
+
+
+# --- search: closed form, fast vs exhaustive, published walks -------------------------------------------------
+
+
+def test_linear_bounds_match_closed_form() -> None:
+    # logit(λ) = logit0 + λ s²/CELLS with the logit direction (∂m/∂z = 1/CELLS on each box cell).
+    s, c, step = 4.0, 0.45, 0.05
+    x = images()
+    res = shift(explainer(BoxScore("linear", s, c), PoolAE()), x, search="exhaustive", step=step, max_lambda=20.0)
+    m0 = x[:, :, BOX[0]:BOX[1], BOX[0]:BOX[1]].mean(dim=(1, 2, 3)).double()  # box is cell-aligned: D(E(x)) keeps m
+    p0 = torch.sigmoid(s * (m0 - c))
+    slope = s * s / CELLS
+    lam_low = (torch.logit(0.7 * p0) - s * (m0 - c)) / slope  # 30 % fall (003 §4.2)
+    lam_high = (torch.logit(1.05 * p0) - s * (m0 - c)) / slope  # 5 % rise
+    expected_low = -torch.ceil(-lam_low / step - 1e-6) * step  # first grid point past the crossing
+    expected_high = torch.ceil(lam_high / step - 1e-6) * step
+    assert torch.allclose(res.lambdas[:, 0].double(), expected_low, atol=1e-4)
+    assert torch.allclose(res.lambdas[:, -1].double(), expected_high, atol=1e-4)
+    assert res.frame_probabilities[:, 0].le(0.7 * p0.float() + 1e-6).all()
+    assert res.frame_probabilities[:, -1].ge(1.05 * p0.float() - 1e-6).all()
+    assert res.extras["upper_bound_reached"].all() and res.extras["lower_bound_reached"].all()
+    assert torch.allclose(res.reconstruction_gap, torch.zeros(2), atol=1e-6)  # cell-aligned box: no gap
+
+
+CASES = {
+    # name: (classifier, step, cap) -- monotone (linear, tanh), one turn above (turn) or below (valley) λ = 0.
+    "linear-far": (BoxScore("linear", 0.2, 0.45), 1.0, 1000.0),
+    "tanh": (BoxScore("tanh", 2.0, 0.47), 0.02, 20.0),
+    "turn": (BoxScore("turn", 1.0, 0.25), 0.5, 50.0),
+    "valley": (BoxScore("valley", 1.0, 0.3), 0.5, 100.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("direction", ["logit", "sigmoid"])
+def test_fast_search_matches_exhaustive_walk(case: str, direction: str) -> None:
+    clf, step, cap = CASES[case]
+    if direction == "sigmoid":  # the sigmoid gradient is p(1-p) (about 1/4) times the logit's: rescale λ
+        step, cap = step * 4, cap * 4
+    ex, x = explainer(clf, PoolAE()), images()
+    opts = {"direction": direction, "step": step, "max_lambda": cap}
+    fast, walk = shift(ex, x, search="fast", **opts), shift(ex, x, search="exhaustive", **opts)
+    # Same stop rule on the same grid: the same bounds (the spec allows one step; here they coincide).
+    assert torch.allclose(fast.lambdas, walk.lambdas, atol=1e-5 * cap)
+    assert (fast.lambdas - walk.lambdas).abs().max() <= step
+    assert torch.allclose(fast.frames, walk.frames, atol=1e-5)
+    assert torch.allclose(fast.frame_probabilities, walk.frame_probabilities, atol=1e-6)
+    assert torch.equal(fast.extras["upper_bound_reached"], walk.extras["upper_bound_reached"])
+    assert fast.extras["search_passes"] < walk.extras["search_passes"]
+    ratio = walk.extras["search_passes"] / fast.extras["search_passes"]
+    print(f"{case}/{direction}: walk {walk.extras['search_passes']} search passes, fast "
+          f"{fast.extras['search_passes']} ({ratio:.1f}x fewer); bounds {fast.lambdas[:, [0, -1]].tolist()}")
+    if case == "linear-far" and direction == "logit":
+        assert ratio > 4  # the walk runs about 250 steps down and 40 up here
+    p = curve(clf, PoolAE(), x[:1], direction)
+    if case == "turn":  # the rise of 5 % is out of reach: the upper bound is where p stops rising
+        assert not fast.extras["upper_bound_reached"].any()
+        top = fast.lambdas[0, -1].item()
+        assert p(top) > p(top - step) and p(top) >= p(top + step)
+    if case == "valley":  # the fall of 30 % is out of reach: the lower bound is where p stops falling
+        assert not fast.extras["lower_bound_reached"].any()
+        floor = fast.lambdas[0, 0].item()
+        assert p(floor) < p(floor + step) and p(floor) <= p(floor - step)
+
+
+def test_fast_search_on_a_grid_it_cannot_leave_within_the_cap() -> None:
+    # p0 > 0.95: the rise of 5 % is unreachable and p keeps rising, so the upper bound is the cap (flagged).
+    clf = BoxScore("linear", 4.0, -0.3)  # logit about 3.2 -> p0 about 0.96
+    res = shift(explainer(clf, PoolAE()), images(), step=0.5, max_lambda=3.0)
+    assert (res.frame_probabilities[:, 0] < 0.96).all()
+    assert torch.allclose(res.lambdas[:, -1], torch.full((2,), 3.0))
+    assert not res.extras["upper_bound_reached"].any()
+    assert res.extras["lower_bound_reached"].all()
+
+
+def app_c_as_published(p: Callable[[float], float], cap: float = 1000.0) -> float:
+    """003 App. C, plain loop: from 0 in steps of -10; stop on a rise, a fall of more than 0.5, or λ <= -1000."""
+    initial = last = p(0.0)
+    lam = 0.0
+    while True:
+        cur = p(lam)
+        if last < cur or initial - 0.5 > cur or lam <= -cap:
+            return lam
+        last = cur
+        lam -= 10
+
+
+def reference_code_walk(p: Callable[[float], float], cap: float = 1000.0) -> float:
+    """mlmed/gifsplanation's walk, plain loop: λ = 0, -1 ... -9, then steps of -10; stop on a rise, a fall of
+    more than 0.15, or λ <= -1000."""
+    initial = last = p(0.0)
+    lam = 0.0
+    while True:
+        cur = p(lam)
+        if last < cur or initial - 0.15 > cur or lam <= -cap:
+            return lam
+        last = cur
+        lam = lam - 1 if abs(lam) < 10 else lam - 10
+
+
+@pytest.mark.parametrize("search,loop", [("app_c", app_c_as_published), ("reference_walk", reference_code_walk)])
+def test_published_searches_reproduced(search: str, loop: Callable[..., float]) -> None:
+    clf, ae, x = BoxScore("linear", 1.0, 0.1), PoolAE(), images()  # p0 about 0.6, falls slowly
+    res = shift(explainer(clf, ae), x, search=search, direction="sigmoid")
+    for row in range(len(x)):
+        expected = loop(curve(clf, ae, x[row:row + 1], "sigmoid"))
+        assert res.lambdas[row, 0].item() == pytest.approx(expected)
+        assert res.lambdas[row, -1].item() == 0.0  # no upper search
+        assert expected <= -40  # the walk ran far (tens of evaluations)
+    assert not res.extras["upper_bound_reached"].any()
+
+
+def test_published_walk_stops_on_a_rise() -> None:
+    # A valley below λ = 0: p falls by about 0.01 until λ is about -32, then rises again.
+    clf, ae, x = BoxScore("valley", 1.0, 0.3), PoolAE(), images()
+    res = shift(explainer(clf, ae), x, search="reference_walk", direction="sigmoid")
+    for row in range(len(x)):
+        p = curve(clf, ae, x[row:row + 1], "sigmoid")
+        expected = reference_code_walk(p)
+        assert res.lambdas[row, 0].item() == pytest.approx(expected)
+        assert p(expected) > p(expected + (1 if expected > -10 else 10))  # it stopped because p rose
+
+
+# --- frames, maps, gap, shapes -------------------------------------------------------------------------------
+
+
+def test_latent_map_known_answers() -> None:
+    x0 = torch.tensor([[[0.5, 0.5], [0.5, 0.5]]])
+    frames = torch.tensor([[[[0.1, 0.5], [0.9, 0.5]], [[0.3, 0.5], [0.5, 1.0]], [[0.5, 0.2], [0.5, 0.5]]]])
+    # |frames - x0| per frame: [[.4,0],[.4,0]], [[.2,0],[0,.5]], [[0,.3],[0,0]]
+    assert torch.allclose(latent_map(frames, x0, "max"), torch.tensor([[[0.4, 0.3], [0.4, 0.5]]]))
+    assert torch.allclose(latent_map(frames, x0, "mean"), torch.tensor([[[0.2, 0.1], [0.4 / 3, 0.5 / 3]]]))
+    assert torch.allclose(latent_map(frames, x0, "minmax"), torch.tensor([[[0.4, 0.3], [0.4, 0.0]]]))
+    # consecutive: |f1-f0| = [[.2,0],[.4,.5]], |f2-f1| = [[.2,.3],[0,.5]]
+    assert torch.allclose(latent_map(frames, x0, "int"), torch.tensor([[[0.2, 0.15], [0.2, 0.5]]]))
+
+
+@pytest.mark.parametrize("kind", ["max", "mean", "minmax", "int"])
+def test_method_output_and_maps_rederived(kind: str) -> None:
+    clf, ae = BoxScore("tanh", 2.0, 0.47), PoolAE()
+    x = images(3)
+    res = shift(explainer(clf, ae), x, map=kind, frames=6, step=0.5, max_lambda=200.0)
+    n, k = 3, 6
+    assert res.frames.shape == (n, k, SIZE, SIZE) and res.lambdas.shape == (n, k)
+    assert res.frame_probabilities.shape == (n, k) and res.reconstruction_gap.shape == (n,)
+    assert res.heatmaps["latent_shift"].shape == (n, SIZE, SIZE)
+    assert res.heatmaps["latent_shift"].dtype == torch.float32
+    assert res.extras["upper_bound_reached"].dtype == torch.bool
+    assert res.frames.min() >= 0 and res.frames.max() <= 1
+    assert (res.lambdas.diff(dim=1) > 0).all()
+    # Re-derive the map in float64 numpy from the frames and the λ = 0 reconstruction.
+    f, r = res.frames.double().numpy(), res.extras["reconstruction"].double().numpy()
+    expected = {"max": np.abs(f - r[:, None]).max(1), "mean": np.abs(f - r[:, None]).mean(1),
+                "minmax": np.abs(f[:, 0] - f[:, -1]), "int": np.abs(np.diff(f, axis=1)).mean(1)}[kind]
+    assert np.allclose(res.heatmaps["latent_shift"].numpy(), expected, atol=1e-6)
+    # The map lives in the box: outside it the frames do not change (only box cells move).
+    inside = np.zeros((SIZE, SIZE), bool)
+    inside[BOX[0]:BOX[1], BOX[0]:BOX[1]] = True
+    assert np.abs(res.heatmaps["latent_shift"].numpy()[:, ~inside]).max() < 1e-6
+    # Frame probabilities are the classifier's on the unclamped frames: recompute them independently.
+    for row in range(n):
+        p = curve(clf, ae, x[row:row + 1], "logit")
+        got = [p(lam) for lam in res.lambdas[row].tolist()]
+        assert np.allclose(res.frame_probabilities[row].numpy(), got, atol=1e-5)
+
+
+def test_reconstruction_gap_is_f_x_minus_f_dex() -> None:
+    # 003 App. K. A box that is not cell-aligned so D(E(x)) changes the box mean.
+    clf, ae = BoxScore("linear", 6.0, 0.4), PoolAE()
+    clf_shifted = nn.Sequential(nn.ZeroPad2d((2, -2, 2, -2)), clf)  # samples the box off the 4x4 grid
+    torch.manual_seed(3)
+    x = torch.rand(2, 1, SIZE, SIZE) ** 2
+    res = shift(explainer(clf_shifted, ae), x, step=0.5, max_lambda=20.0)
+    with torch.no_grad():
+        expected = torch.sigmoid(clf_shifted(x)[:, 0]) - torch.sigmoid(clf_shifted(ae(x))[:, 0])
+    assert expected.abs().min() > 1e-3  # the gap is real here
+    assert torch.allclose(res.reconstruction_gap, expected, atol=1e-6)
+
+
+def test_batch_size_does_not_change_results() -> None:
+    ex, x = explainer(BoxScore("tanh", 2.0, 0.47), PoolAE()), images(3)
+    one = shift(ex, x, batch_size=1, step=0.5, max_lambda=200.0)
+    many = shift(ex, x, batch_size=5, step=0.5, max_lambda=200.0)
+    assert torch.allclose(one.lambdas, many.lambdas) and torch.allclose(one.frames, many.frames, atol=1e-6)
+    assert one.extras["passes"] == many.extras["passes"]  # passes count images, not batches
+
+
+# --- input spaces, errors, options --------------------------------------------------------------------------
+
+
+def test_mixed_space_adapter_and_gradients() -> None:
+    # Classifier: torchvision spec (3 channels, ImageNet normalization) at 48 px; autoencoder: xrv range at 32 px.
+    torch.manual_seed(0)
+    clf_spec = InputSpec(size=48)
+    ae_spec = InputSpec(channels=1, size=32, value_range=(-1024.0, 1024.0), mean=(0.0,), std=(1.0,), name="xrv")
+    clf = ClassifierBundle(build_classifier("densenet_small", 2), ["finding", "other"], input_spec=clf_spec)
+    ae = AutoencoderBundle(build_autoencoder("resnet_ae_small"), ae_spec)
+    gray = torch.rand(2, 1, 48, 48)
+    x = clf_spec.from_unit(gray)
+    ex = Explainer(clf, autoencoder=ae, device="cpu")
+    res = ex.explain(x, ["latent_shift"], targets="finding", options={"latent_shift": {"frames": 4}})
+    assert res.frames.shape == (2, 4, 48, 48) and res.heatmaps["latent_shift"].shape == (2, 48, 48)
+    assert res.frames.min() >= 0 and res.frames.max() <= 1
+
+    x = x.clone().requires_grad_(True)
+    ctx = ForwardContext(bundle=clf, x=x, logits=clf.module(x), targets=torch.tensor([0, 0]), activations={},
+                         autoencoder=ae)
+    shifter = Shifter(clf, ae, x, ctx.targets, batch_size=2)
+    # classifier -> unit -> autoencoder space is the composition of the two specs (with a resize).
+    to_ae = shifter.to_ae(x)
+    expected = ae_spec.from_unit(F.interpolate(gray, size=(32, 32), mode="bilinear", antialias=True))
+    assert torch.allclose(to_ae, expected, atol=1e-2)  # xrv range: 1e-2 of 2048 is float round-off
+    (dx,) = torch.autograd.grad(to_ae.sum(), x)
+    assert torch.isfinite(dx).all() and dx.abs().sum() > 0
+    # and back: decoder output -> classifier input at 48 px, with the unit-space frame.
+    d = ae_spec.from_unit(torch.rand(2, 1, 32, 32))
+    x_clf, g = shifter.to_clf(d)
+    assert x_clf.shape == (2, 3, 48, 48) and g.shape == (2, 1, 48, 48)
+    assert torch.allclose(clf_spec.to_unit(x_clf), g, atol=1e-5)
+    # Eq. 1's gradient crosses both adapters and the classifier: finite and not zero.
+    grad, p0, x0 = shifter.directions("logit")
+    assert grad.shape == shifter.z.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert p0.shape == (2,) and x0.shape == (2, 48, 48)
+    assert TORCHVISION.channels == 3
+
+
+def test_latent_shift_without_autoencoder_is_refused() -> None:
+    ex = explainer(BoxScore("linear", 1.0, 0.5))
+    with pytest.raises(AutoencoderRequired, match="autoencoder"):
+        shift(ex, images())
+    # The method itself also refuses a context without one.
+    x = images().requires_grad_(True)
+    ctx = ForwardContext(bundle=ex.bundle, x=x, logits=ex.bundle.module(x), targets=torch.tensor([0, 0]),
+                         activations={})
+    with pytest.raises(AutoencoderRequired):
+        LatentShift().explain(ctx)
+
+
+@pytest.mark.parametrize("options", [{"direction": "tanh"}, {"map": "median"}, {"search": "grid"}, {"frames": 1},
+                                     {"max_lambda": 0}, {"fall": 1.5}, {"rise": 0}, {"wobble": 1}])
+def test_invalid_options_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(InvalidOption):
+        LatentShift(**options)
+
+
+def test_cost_grows_with_frames_and_walks() -> None:
+    assert LatentShift(frames=20).cost() > LatentShift(frames=10).cost()
+    assert LatentShift(search="exhaustive").cost() > 5 * LatentShift(search="fast").cost() / 2
+    assert math.isfinite(LatentShift(search="reference_walk").cost())
+
+
+# --- the confident phantom-trained model (conftest fixtures) ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_confident_model_frames_remove_the_finding(phantom_classifier, phantom_autoencoder, phantom_batch,
+                                                   phantom_images) -> None:
+    ex = Explainer(phantom_classifier, autoencoder=phantom_autoencoder, device="cpu")
+    probs = ex.predict(phantom_images)
+    # Confident positives with a box big enough to measure concentration in.
+    picks = [(i, name) for i, s in enumerate(phantom_batch) for name in s.present
+             if probs[i, phantom_classifier.label_index(name)] > 0.9 and name in ("Cardiomegaly", "Mass", "Effusion")]
+    assert len(picks) >= 2, f"the fixture classifier is not confident enough: {probs}"
+    rows = torch.tensor([i for i, _ in picks])
+    targets = [name for _, name in picks]
+    x = phantom_images[rows]
+    res = ex.explain(x, ["latent_shift"], targets=targets)  # defaults: logit direction, fast search, cap 1000
+    t = torch.tensor([phantom_classifier.label_index(n) for n in targets])
+    p0 = res.probabilities[torch.arange(len(t)), t] - res.reconstruction_gap  # f(D(E(x)))
+    assert res.extras["lower_bound_reached"].all()
+    assert (res.frame_probabilities[:, 0] <= 0.7 * p0 + 1e-6).all()  # the lowest frame removes >= 30 % of p0
+    heat = res.heatmaps["latent_shift"]
+    for row, (i, name) in enumerate(picks):
+        x0, y0, x1, y1 = phantom_batch[i].boxes[name]
+        inside = torch.zeros_like(heat[row], dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        ratio = heat[row][inside].mean() / heat[row][~inside].mean()
+        print(f"{name}: p0 {p0[row]:.3f} -> {res.frame_probabilities[row, 0]:.3f} at λ {res.lambdas[row, 0]:.0f}; "
+              f"map inside/outside box {ratio:.2f}")
+        assert ratio > 1.2
+    # Within the same cap, the logit direction moves the probability further down than the sigmoid one.
+    cap = float(res.lambdas[:, 0].abs().max())
+    logit = ex.explain(x, ["latent_shift"], targets=targets, options={"latent_shift": {"max_lambda": cap}})
+    sigmoid = ex.explain(x, ["latent_shift"], targets=targets,
+                         options={"latent_shift": {"max_lambda": cap, "direction": "sigmoid"}})
+    print("lowest frame p, logit vs sigmoid:", logit.frame_probabilities[:, 0], sigmoid.frame_probabilities[:, 0])
+    assert (logit.frame_probabilities[:, 0] < sigmoid.frame_probabilities[:, 0]).all()
