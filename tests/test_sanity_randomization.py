@@ -56,12 +56,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row's flattened maps."""
-    if _spearman is not None:
-        return np.asarray(_spearman(a, b, batch=True), dtype=np.float64)
-    from scipy.stats import spearmanr
+    """Spearman correlation of each row's flattened maps; 0 where a map is constant.
 
-    return np.array([spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b, strict=True)])
+    A constant map (Grad-CAM's ReLU can leave all zeros once the weights are random) ranks no pixel above
+    another, so it keeps none of the original ranking: its correlation counts as 0 rather than NaN.
+    """
+    if _spearman is not None:
+        rho = np.asarray(_spearman(a, b, batch=True), dtype=np.float64)
+    else:
+        from scipy.stats import spearmanr
+
+        rho = np.array([spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b, strict=True)])
+    return np.nan_to_num(rho, nan=0.0)
 
 
 def randomize(module: nn.Module, paths: list[str], seed: int) -> None:
@@ -102,7 +108,7 @@ def run_cascade(bundle: ClassifierBundle, images: torch.Tensor, targets: list[st
             randomize(module, paths, seed=1000 + step)
             maps = explain(copy.deepcopy(module))
             for name in methods:
-                table[name].append(float(np.nanmean(spearman_rows(original[name], maps[name]))))
+                table[name].append(float(np.mean(spearman_rows(original[name], maps[name]))))
     finally:
         torch.set_num_threads(threads)
     report(table, targets)
