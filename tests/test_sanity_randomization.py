@@ -7,7 +7,7 @@ App. H takes absolute values of all maps because latent-shift maps are absolute 
 
 Asserted: CAM, Grad-CAM, saliency, integrated gradients and latent shift decorrelate (the correlation after
 randomizing everything is below the one after randomizing only the classifier, or that one is already below
-0.3; below 0.9 from the last dense block on; below 0.6 on average over the cascade).
+0.3; and below 0.9 from the last dense block on).
 
 Reported, not asserted: LRP, RAP and guided backprop; modified-backprop rules are known to be weakly
 sensitive to the parameters (Adebayo et al.; 003 Fig. 5 shows it for guided backprop). The figures are
@@ -167,7 +167,6 @@ def test_maps_decorrelate_as_the_model_is_randomized(request: pytest.FixtureRequ
     assert values[-1] < values[0] or values[0] < 0.3, values
     # Once the last dense block is random too, the map is no longer the original one.
     assert max(values[1:]) < 0.9, values
-    assert np.mean(values) < 0.6, values
 
 
 @pytest.mark.parametrize("method", REPORTED)

@@ -99,7 +99,9 @@ def as_array(m: explain_pb2.Map) -> np.ndarray:
 
 # --- REST -----------------------------------------------------------------------------------------------------
 def test_token_is_required(server, image):
-    assert post(server, "/predictions/cxr", content=image, auth=False).status_code == 401
+    r = post(server, "/predictions/cxr", content=image, auth=False)
+    # TorchServe 0.12 answers a missing or wrong key with 400 InvalidKeyException, not 401 (README, Errors).
+    assert r.status_code == 400 and "InvalidKeyException" in r.text
 
 
 def test_rest_predictions(server, image, phantom_classifier):

@@ -26,6 +26,7 @@ MAPS = ("max", "mean", "minmax", "int")
 SEARCHES = ("fast", "exhaustive", "app_c", "reference_walk")
 # Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (DESIGN.md); GPUs want more.
 CPU_BATCH, CUDA_BATCH = 2, 16
+MIN_SCALE = 1e-4  # floor of p0 (1 - p0) when converting the step to logit units (p0 may round to 1.0)
 
 
 def _resize(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -123,9 +124,9 @@ class LatentShift(Method):
 
     Options: ``frames`` (K, default 10); ``direction`` (``logit`` default, ``sigmoid`` as in the paper);
     ``map`` (``max``, ``mean``, ``minmax``, ``int``); ``search`` (``fast`` default, ``exhaustive``, ``app_c``,
-    ``reference_walk``); ``max_lambda`` (cap on |λ|, 1000 as in App. C); ``step`` (grid step of the walk, 10 as
-    in App. C); ``batch_size`` (decode+classify batch, 0 = by device); ``fall`` / ``rise`` (fractions of p0
-    that end the lower / upper search, 0.30 / 0.05).
+    ``reference_walk``); ``max_lambda`` (cap on |λ|, 1000 as in App. C); ``step`` (grid step of the walk in the
+    paper's sigmoid units, 10 as in App. C; times p0 (1 - p0) in logit units); ``batch_size`` (decode+classify
+    batch, 0 = by device); ``fall`` / ``rise`` (fractions of p0 that end the lower / upper search, 0.30 / 0.05).
     """
 
     name = "latent_shift"
@@ -155,7 +156,7 @@ class LatentShift(Method):
                 raise InvalidOption(f"latent_shift: {key}={getattr(self, key)!r} is not valid; use {hint}")
 
     def cost(self) -> int:
-        kmax = math.ceil(self.max_lambda / self.step)
+        kmax = math.ceil(self.max_lambda / (self.step * (0.25 if self.direction == "logit" else 1.0)))
         search = {"fast": 2 * (2 * math.ceil(math.log2(kmax + 1)) + 1), "exhaustive": 2 * kmax,
                   "app_c": kmax, "reference_walk": kmax + 9}[self.search]
         return 1 + self.frames + search
@@ -165,8 +166,13 @@ class LatentShift(Method):
         for row, p in enumerate(p0):
             if self.search in ("fast", "exhaustive"):
                 run = fast if self.search == "fast" else walk
-                searches.append((row, run(StopRule(-1, p, p * (1 - self.fall), self.step, self.max_lambda))))
-                searches.append((row, run(StopRule(+1, p, p * (1 + self.rise), self.step, self.max_lambda))))
+                # ∂σ(l)/∂z = p0 (1 - p0) ∂l/∂z: both directions are the same line, with λ scaled by p0 (1 - p0).
+                # ``step`` is in the paper's (sigmoid) units, so both walks visit the same images; the cap stays
+                # in the direction's own units, which is how the logit direction reaches further on confident
+                # models (the sigmoid gradient vanishes there).
+                step = self.step * (max(p * (1 - p), MIN_SCALE) if self.direction == "logit" else 1.0)
+                searches.append((row, run(StopRule(-1, p, p * (1 - self.fall), step, self.max_lambda))))
+                searches.append((row, run(StopRule(+1, p, p * (1 + self.rise), step, self.max_lambda))))
             else:  # published walks: lower bound only, upper bound 0
                 fine = self.search == "reference_walk"
                 fall = 0.15 if fine else 0.5
