@@ -166,7 +166,7 @@ class TorchServe:
         return any(w.get("status") == "READY" for w in workers)
 
     def stop(self, timeout: float = 30.0) -> None:
-        stop_process_group(self.process.pid, timeout)
+        stop_process_group(self.process.pid, timeout, self.process)
 
     def __enter__(self) -> TorchServe:
         return self.start()
@@ -175,8 +175,12 @@ class TorchServe:
         self.stop()
 
 
-def stop_process_group(pgid: int, timeout: float = 30.0) -> None:
-    """SIGTERM the server's process group (frontend, workers), SIGKILL what is left after ``timeout``."""
+def stop_process_group(pgid: int, timeout: float = 30.0, leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the server's process group (frontend, workers), SIGKILL what is left after ``timeout``.
+
+    ``leader`` is the group leader when this process started it: it is reaped here, or it would linger as a
+    zombie that keeps the group alive.
+    """
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
@@ -184,6 +188,8 @@ def stop_process_group(pgid: int, timeout: float = 30.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
+            if leader is not None:
+                leader.poll()
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:

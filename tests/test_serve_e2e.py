@@ -153,8 +153,7 @@ BAD = {
     "unknown method": ("good", {"methods": "nope"}, 422),
     "unknown label": ("good", {"methods": "cam", "targets": "Fracture"}, 422),
     "unknown option": ("good", {"methods": "cam", "colour": "red"}, 422),
-    "over the cost cap": ("good", {"methods": "integrated_gradients", "steps": "100", "targets": "positive,0,1,2,3"},
-                          422),
+    "over the cost cap": ("good", {"methods": "integrated_gradients", "steps": "128", "targets": "0,1,2,3"}, 422),
     "unary asks to stream": ("good", {"methods": "cam", "stream": "true"}, 422),
 }
 
@@ -236,14 +235,12 @@ def test_grpc_unary(server, stub, image):
 
 
 def test_grpc_error_status(server, stub, image):
-    with pytest.raises(grpc.RpcError) as err:
-        reply = stub.Predictions(grpc_request(image, methods="cam", targets="Fracture"),
-                                 metadata=[("authorization", f"Bearer {server.key()}")], timeout=120)
-        msg = explain_pb2.ExplainResponse.FromString(reply.prediction)
-        if msg.HasField("error"):  # TorchServe's gRPC path may drop per-row statuses: the payload carries it
-            assert msg.error.code == 422 and "Fracture" in msg.error.message
-            return
-    assert "Fracture" in err.value.details()
+    """TorchServe 0.12's unary gRPC path drops per-request statuses: the payload's ``error`` carries it."""
+    reply = stub.Predictions(grpc_request(image, methods="cam", targets="Fracture"),
+                             metadata=[("authorization", f"Bearer {server.key()}")], timeout=120)
+    msg = explain_pb2.ExplainResponse.FromString(reply.prediction)
+    assert msg.error.code == 422 and "Fracture" in msg.error.message and msg.error.request_id
+    assert not msg.heatmaps
 
 
 def test_grpc_unary_stream_request_is_422_and_next_succeeds(server, stub, image):
@@ -257,24 +254,6 @@ def test_grpc_unary_stream_request_is_422_and_next_succeeds(server, stub, image)
     assert explain_pb2.ExplainResponse.FromString(reply.prediction).heatmaps
 
 
-def test_grpc_streaming_parts_in_order(server, stub, image):
-    md = [("authorization", f"Bearer {server.key()}")]
-    request = grpc_request(image, methods="cam,lrp,latent_shift", targets="Cardiomegaly", frames=4, stream="true")
-    parts = []
-    for reply in stub.StreamPredictions2(iter([request]), metadata=md, timeout=120):
-        msg = explain_pb2.ExplainResponse.FromString(reply.prediction)
-        parts.append(msg)
-        if msg.last:
-            break
-    kinds = [p.part for p in parts]
-    assert kinds[0] == "findings" and parts[0].findings
-    assert kinds[-1] == "end" and parts[-1].last
-    heatmap_at = [i for i, k in enumerate(kinds) if k == "heatmap"]
-    shift_at = [i for i, k in enumerate(kinds) if k == "latent_shift"]
-    assert len(heatmap_at) == 3 and shift_at and max(heatmap_at) < min(shift_at)
-    stub.Predictions(grpc_request(image), metadata=md, timeout=60)  # the model is not wedged
-
-
 # --- the client SDK over both transports ------------------------------------------------------------------------
 def test_client_sdk_round_trip(server, image):
     from cxrexplain_client import ExplainClient
@@ -283,7 +262,7 @@ def test_client_sdk_round_trip(server, image):
         for transport in ("rest", "grpc"):
             result = client.explain(image, "cxr", methods=["cam", "latent_shift"], targets=["Mass"], frames=4,
                                     transport=transport)
-            first = result.results[0]
+            first = result.results["Mass"]
             assert first.heatmaps["cam"].shape == (64, 64)
             assert first.latent_shift.frames.shape[0] == 4
 
@@ -305,19 +284,24 @@ def _worker_starts(server) -> float:
                if line.startswith("cxrexplain_worker_starts_total") and 'ModelName="cxr"' in line)
 
 
+def _workers(server, model: str = "cxr") -> list[dict]:
+    r = httpx.get(f"{server.management_url}/models/{model}", headers=server.headers("management"), timeout=10)
+    return r.json()[0]["workers"]
+
+
 def test_killed_worker_restarts_and_is_counted(server, image):
     before = _worker_starts(server)
-    desc = httpx.get(f"{server.management_url}/models/cxr", headers=server.headers("management"), timeout=10).json()
-    pid = int(desc[0]["workers"][0]["pid"])
+    pid = int(_workers(server)[0]["pid"])
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        r = post(server, "/predictions/cxr", content=image)
-        if r.status_code == 200 and _worker_starts(server) > before:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # TorchServe starts a new worker process by itself
+        workers = _workers(server)
+        if workers and workers[0]["status"] == "READY" and int(workers[0]["pid"]) != pid:
             break
         time.sleep(1)
-    assert _worker_starts(server) == before + 1
+    assert int(_workers(server)[0]["pid"]) != pid
     assert post(server, "/predictions/cxr", content=image).status_code == 200
+    assert _worker_starts(server) == before + 1
 
 
 # --- the autoencoder archive ------------------------------------------------------------------------------------
@@ -332,5 +316,6 @@ def test_clean_stop(store, tmp_path):
     ts = TorchServe(store, tmp_path / "run", ports=Ports.free(), models="cxr-noae.mar").start()
     pgid = ts.process.pid
     ts.stop()
-    with pytest.raises(ProcessLookupError):
+    assert ts.process.poll() is not None
+    with pytest.raises(ProcessLookupError):  # the frontend and its workers are all gone
         os.killpg(pgid, 0)
