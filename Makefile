@@ -39,7 +39,7 @@ pytest: venv java
 test: lint typecheck pytest
 
 demo-models: venv
-	$(BIN)/python -m export.train_demo --out $(DEMO_WEIGHTS) --cache .cache/demo-cache
+	$(BIN)/python -m export.train_demo --out $(DEMO_WEIGHTS) --size 96 --cache .cache/demo-cache
 
 archives: demo-models
 	$(BIN)/cxrexplain-export $(DEMO_RECIPE) --store model_store
