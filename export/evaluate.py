@@ -43,6 +43,7 @@ def evaluate(explainer: Explainer, n: int, methods: tuple[str, ...], seed: int =
     rows = [(i, j) for i in range(n) for j in range(labels.shape[1]) if labels[i, j] > 0]
     ious: dict[str, list[np.ndarray]] = defaultdict(list)
     best: dict[str, list[float]] = defaultdict(list)
+    chance = torch.Generator().manual_seed(seed)  # a random map's best-case IoU: the level to beat
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         x = spec.from_unit(images[[i for i, _ in chunk]])
@@ -50,7 +51,8 @@ def evaluate(explainer: Explainer, n: int, methods: tuple[str, ...], seed: int =
         samples = [data.sample(i) for i, _ in chunk]
         names = [explainer.labels[j] for _, j in chunk]
         boxes = [s.boxes[name] for s, name in zip(samples, names, strict=True)]
-        for method, maps in result.heatmaps.items():
+        noise = torch.rand(x.shape[0], *x.shape[-2:], generator=chance)
+        for method, maps in {**result.heatmaps, "random": noise}.items():
             ious[method].append(metrics.iou_table(maps, boxes))
             for m, s, name in zip(maps, samples, names, strict=True):
                 region = m.abs() if method in ABSOLUTE else m.clamp(min=0)
