@@ -1,0 +1,270 @@
+"""Serving: a real TorchServe over the in-process engine, dynamic batching, ONNX Runtime, worker memory.
+
+``python -m benchmarks.bench_serving [--quick] [--requests 15] [--clients 8] [--json out.json]``
+
+One DenseNet-121 (random weights, 14 labels, torchvision's 3-channel spec, 224 px) saved with
+``save_classifier`` and archived twice by ``export.cli`` from a YAML recipe: ``dn-b1`` (batching off,
+``batch_size 1``) and ``dn-b8`` (``batch_size 8``, ``max_batch_delay_ms 50``); both carry the ONNX predictions
+path. The server is started with ``export.launcher.TorchServe`` on free ports; requests carry the inference
+key.
+
+1. Serving overhead: a CAM explanation request over REST (multipart, ``methods=cam``, a 512 px 8-bit PNG, the
+   default target = the top finding) to ``dn-b1``, end to end from the client, against
+   :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same weights, same ONNX
+   predictor, torch threads as the worker); alternating, median of ``--requests`` each.
+2. Throughput: ``--clients`` concurrent clients sending the same CAM request to ``dn-b8`` against one client
+   sending them one after another to ``dn-b1`` (and, to separate batching from pipelining, the concurrent
+   clients on ``dn-b1``): requests per second over the same number of requests.
+3. ONNX Runtime over eager PyTorch (``inference_mode``) for predictions, in this process on the archive's own
+   ``model.onnx``, batch 1 and 8, interleaved.
+4. Worker memory: RSS of each worker process (pid from the management API ``GET /models/<name>``) after
+   start-up and the largest RSS sampled (psutil, every 50 ms) during the throughput runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+import cxrexplain
+from cxrexplain.service import ExplainService, OnnxPredictor, RowRequest
+
+from . import common
+
+log = logging.getLogger("benchmarks.serving")
+B1, B8 = "dn-b1", "dn-b8"
+OVERHEAD_TARGET = 1.15
+
+
+def png_image(size: int = 512, seed: int = 0) -> bytes:
+    """A smooth 8-bit gray PNG (upsampled noise: decodes and resizes like a radiograph, not a flat image)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((size // 16, size // 16))
+    image = Image.fromarray((small * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_store(root: Path, arch: str, quick: bool) -> Path:
+    """Weights saved like a user's, then ``python -m export.cli recipe --store``: the real exporter."""
+    from export import cli as export_cli
+
+    torch.manual_seed(0)
+    bundle = cxrexplain.load_classifier(arch)
+    cxrexplain.save_classifier(bundle, root / "weights" / "clf.pt")
+    common_fields = {"kind": "classifier", "architecture": arch, "weights": "weights/clf.pt",
+                     "version": "1.0", "onnx": True}
+    recipe = {"models": [{"name": B1, **common_fields, "batch_size": 1, "max_batch_delay_ms": 1},
+                         {"name": B8, **common_fields, "batch_size": 8, "max_batch_delay_ms": 50}]}
+    if quick:
+        recipe["models"] = recipe["models"][:1]
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    store = root / "model_store"
+    if export_cli.main([str(root / "recipe.yaml"), "--store", str(store)]) != 0:
+        raise RuntimeError("the exporter failed; see its log above")
+    return store
+
+
+def worker_pid(server: Any, name: str) -> int:
+    r = httpx.get(f"{server.management_url}/models/{name}", headers=server.headers("management"), timeout=10)
+    r.raise_for_status()
+    return int(r.json()[0]["workers"][0]["pid"])
+
+
+def explain_request(client: httpx.Client, server: Any, model: str, image: bytes) -> float:
+    start = time.perf_counter()
+    r = client.post(f"{server.url}/explanations/{model}", files={"data": ("x.png", image, "image/png")},
+                    data={"methods": "cam"}, headers=server.headers(), timeout=300)
+    elapsed = time.perf_counter() - start
+    if r.status_code != 200:
+        raise RuntimeError(f"{model}: HTTP {r.status_code}: {r.text[:300]}")
+    return elapsed
+
+
+def in_process_service(store: Path, tmp: Path) -> ExplainService:
+    """The engine as the worker builds it, from the archive's own files (weights, sidecar, model.onnx)."""
+    unpacked = tmp / "unpacked"
+    with zipfile.ZipFile(store / f"{B1}.mar") as mar:
+        for member in mar.namelist():  # model.onnx may keep its weights in model.onnx.data beside it
+            if member.startswith(("classifier.", "model.onnx")):
+                mar.extract(member, unpacked)
+    bundle = cxrexplain.load_classifier(None, weights=unpacked / "classifier.pt")
+    return ExplainService(bundle, model_name=B1, model_version="1.0", device="cpu",
+                          predict_backend=OnnxPredictor(unpacked / "model.onnx"))
+
+
+def overhead(server: Any, service: ExplainService, image: bytes, n: int) -> dict[str, Any]:
+    rest, local = [], []
+    with httpx.Client() as client:
+        explain_request(client, server, B1, image)  # warm-up both
+        service.handle_batch([RowRequest(body=image, content_type="image/png", options={"methods": "cam"},
+                                         explain_flag=True)])
+        for _ in range(n):
+            rest.append(explain_request(client, server, B1, image))
+            start = time.perf_counter()
+            (result,) = service.handle_batch([RowRequest(body=image, content_type="image/png",
+                                                         options={"methods": "cam"}, explain_flag=True)])
+            result.body  # noqa: B018 - encoding the JSON reply is part of the request, as in the worker
+            local.append(time.perf_counter() - start)
+            if result.status != 200:
+                raise RuntimeError(f"in-process request failed: {result.status}")
+    ratio = statistics.median(rest) / statistics.median(local)
+    return {"rest_s": rest, "in_process_s": local, "ratio": ratio,
+            "rest_ms_median": statistics.median(rest) * 1e3,
+            "in_process_ms_median": statistics.median(local) * 1e3}
+
+
+def throughput(server: Any, model: str, image: bytes, clients: int, total: int) -> float:
+    """Requests per second for ``total`` requests spread over ``clients`` concurrent clients."""
+    per_client = total // clients
+
+    def one_client(_: int) -> None:
+        with httpx.Client() as client:
+            for _ in range(per_client):
+                explain_request(client, server, model, image)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one_client, range(clients)))
+    return per_client * clients / (time.perf_counter() - start)
+
+
+def onnx_vs_eager(service: ExplainService, batches: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    predictor = service.predict_backend
+    assert predictor is not None
+    module = service.bundle.module
+    spec = service.bundle.input_spec
+    out: dict[str, Any] = {}
+    for b in batches:
+        x = spec.from_unit(torch.rand(b, 1, spec.size, spec.size))
+
+        def eager(x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                torch.sigmoid(module(x))
+
+        def onnx(x: torch.Tensor = x) -> None:
+            predictor(x)
+
+        timings = common.interleaved({"eager": eager, "onnx": onnx}, repeats=repeats, warmup=1)
+        out[str(b)] = {"onnx_over_eager": timings.ratio("onnx", "eager"), "seconds": timings.seconds,
+                       "spread": max(timings.spread("onnx"), timings.spread("eager"))}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from export.launcher import Ports, TorchServe
+
+    common.set_threads(args.threads)
+    results: dict[str, Any] = {"machine": common.machine(), "args": vars(args)}
+    image = png_image()
+    with tempfile.TemporaryDirectory(prefix="cxrexplain-bench-serving-") as tmp_name:
+        tmp = Path(tmp_name)
+        log.info("exporting the archives")
+        store = build_store(tmp, args.arch, args.quick)
+        service = in_process_service(store, tmp)
+        log.info("starting TorchServe")
+        with TorchServe(store, tmp / "run", ports=Ports.free()) as server:
+            names = [B1] if args.quick else [B1, B8]
+            pids = {name: worker_pid(server, name) for name in names}
+            results["worker_rss_mb_idle"] = {name: common.current_rss_mb(pid) for name, pid in pids.items()}
+            log.info("overhead: %d alternating requests", args.requests)
+            results["overhead"] = overhead(server, service, image, args.requests)
+            samplers = {name: common.RssSampler(pid) for name, pid in pids.items()}
+            for s in samplers.values():
+                s.__enter__()
+            try:
+                total = args.clients * args.per_client
+                log.info("throughput: %d requests", total)
+                rates = {"sequential, batching off (dn-b1)": throughput(server, B1, image, 1, total)}
+                if not args.quick:
+                    rates[f"{args.clients} clients, batching off (dn-b1)"] = throughput(server, B1, image,
+                                                                                      args.clients, total)
+                    rates[f"{args.clients} clients, batch 8 / 50 ms (dn-b8)"] = throughput(server, B8, image,
+                                                                                         args.clients, total)
+                results["throughput_rps"] = rates
+            finally:
+                for s in samplers.values():
+                    s.__exit__()
+            results["worker_rss_mb_peak"] = {name: s.peak for name, s in samplers.items()}
+        log.info("ONNX Runtime vs eager")
+        results["onnx"] = onnx_vs_eager(service, (1,) if args.quick else (1, 8), args.repeats)
+    return results
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    out = [common.header("Serving through TorchServe", command, results["machine"])]
+    o = results["overhead"]
+    met = "met" if o["ratio"] <= OVERHEAD_TARGET else "NOT met"
+    out.append("\nServing overhead, CAM explanation of one 512 px PNG, batching off: REST end to end / "
+               f"in-process `ExplainService` = **{o['ratio']:.2f}x** (target <= {OVERHEAD_TARGET}x: {met}; "
+               "median of "
+               f"{len(o['rest_s'])} alternating requests each; medians {o['rest_ms_median']:.0f} ms vs "
+               f"{o['in_process_ms_median']:.0f} ms, for scale only).\n")
+    rates = results["throughput_rps"]
+    base = next(iter(rates.values()))
+    out.append(common.table(["clients and batching", "throughput / sequential batch-1"],
+                            [[name, rate / base] for name, rate in rates.items()]))
+    out.append("\nONNX Runtime over eager PyTorch (`inference_mode`), predictions, same inputs, "
+               "in-process:\n")
+    out.append(common.table(["batch", "time ONNX / eager", "spread"],
+                            [[b, v["onnx_over_eager"], f"{v['spread']:.0%}"]
+                             for b, v in results["onnx"].items()]))
+    out.append("\nWorker RSS (MB), psutil on the worker pid from the management API:\n")
+    out.append(common.table(["model", "after start-up", "peak during the throughput runs"],
+                            [[name, round(mb), round(results["worker_rss_mb_peak"][name])]
+                             for name, mb in results["worker_rss_mb_idle"].items()]))
+    return "\n".join(out) + "\n"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_serving", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: ResNet-18, one archive, a few requests")
+    p.add_argument("--arch", default="densenet121")
+    p.add_argument("--requests", type=int, default=15)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--per-client", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads in this process (the worker: torch's default, the physical cores)")
+    p.add_argument("--json", help="also write every figure here")
+    p.add_argument("--max-load", type=float, default=0.0,
+                   help="wait (up to 30 min) for the 1-min load average to fall below this before starting")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.requests, args.per_client, args.repeats, args.clients, args.arch = 2, 1, 1, 2, "resnet18"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the raw figures (the Markdown goes to stdout)."""
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "cxrexplain", "onnxscript", "torch.onnx"):  # per-request and exporter chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.max_load:
+        common.wait_for_quiet(args.max_load, 1800)
+    results = run(args)
+    common.save_json(args.json, results)
+    sys.stdout.write(markdown(results, common.command_line()))
+    return results
+
+
+if __name__ == "__main__":
+    main()
