@@ -45,6 +45,12 @@ class ClassifierBundle:
     def traced(self) -> TracedModel:
         return TracedModel(self.module)
 
+    @property
+    def cam_node(self) -> str:
+        """The fx node CAM reads: ``cam_layer``, else the map the GAP + linear head pools (raises
+        :class:`UnsupportedModel` for other heads)."""
+        return self.cam_layer or self.traced.cam_head().feature_node
+
     def label_index(self, target: str | int) -> int:
         """Index of a label given by name (case-insensitive) or index; raises :class:`UnknownLabel`."""
         if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):

@@ -41,6 +41,7 @@ from .errors import (
     InvalidInput,
     InvalidOption,
     UnsupportedMediaType,
+    UnsupportedModel,
 )
 from .explainer import Explainer, ExplanationResult
 from .methods import base as registry
@@ -330,7 +331,7 @@ class ExplainService:
             if name == "cam":
                 try:
                     self.bundle.traced.cam_head()
-                except Exception:  # no GAP + linear head: CAM does not exist for this model
+                except UnsupportedModel:  # no GAP + linear head: CAM does not exist for this model
                     continue
             names.append(name)
         return names

@@ -19,12 +19,12 @@ class CAM(Method):
     name = "cam"
 
     def captures(self, bundle: ClassifierBundle) -> Captures:
-        return (bundle.cam_layer or bundle.traced.cam_head().feature_node,)
+        return (bundle.cam_node,)
 
     def feature_map(self, ctx: ForwardContext) -> torch.Tensor:
         """(N, h, w) CAM at the feature map's resolution, before upsampling."""
         bundle = ctx.bundle
-        features = ctx.activations[bundle.cam_layer or bundle.traced.cam_head().feature_node].detach()
+        features = ctx.activations[bundle.cam_node].detach()
         weights = bundle.traced.cam_head().linear.weight.detach()[ctx.targets]  # (N, K)
         # Zhou et al. §2: M_c(x, y) = sum_k w_k^c f_k(x, y)
         return torch.einsum("nk,nkhw->nhw", weights, features)

@@ -74,10 +74,8 @@ def last_conv_activation(traced: TracedModel) -> str:
 
 def default_layer(bundle: ClassifierBundle) -> str:
     """The bundle's ``cam_layer``, else the map a GAP+linear head pools, else the last conv's activation."""
-    if bundle.cam_layer:
-        return bundle.cam_layer
     try:
-        return bundle.traced.cam_head().feature_node
+        return bundle.cam_node
     except UnsupportedModel:
         return last_conv_activation(bundle.traced)
 
