@@ -205,10 +205,11 @@ def _cli_start(args: argparse.Namespace) -> int:
     first = next((n for n in names if not n.endswith("-ae")), names[0] if names else "MODEL")
     print(f"TorchServe is up: REST {server.url}, gRPC {server.grpc_target}, metrics {server.metrics_url}")
     print(f"Models: {', '.join(names)}. Logs: {run_dir}/logs. Stop it with: make stop")
+    read_key = f"python -c \"import json;print(json.load(open('{run_dir}/key_file.json'))['inference']['key'])\""
     print("Token authorization is on; read the current inference key (it expires) with:")
-    print(f"  python -c \"import json;print(json.load(open('{run_dir}/key_file.json'))['inference']['key'])\"")
+    print(f"  {read_key}")
     print("Then, for example:")
-    print(f"  KEY=$(python -c \"import json;print(json.load(open('{run_dir}/key_file.json'))['inference']['key'])\")")
+    print(f"  KEY=$({read_key})")
     print(f"  curl -H \"Authorization: Bearer $KEY\" {server.url}/explanations/{first} "
           "-F data=@docs/example.png -F methods=cam,rap -F targets=positive")
     if args.foreground:  # containers: stay in the foreground as long as the server lives
