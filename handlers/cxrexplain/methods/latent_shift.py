@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +43,9 @@ class Shifter:
 
     def __init__(self, bundle: ClassifierBundle, autoencoder: AutoencoderBundle, x: torch.Tensor,
                  targets: torch.Tensor, batch_size: int):
-        ae: Any = autoencoder.module  # any module with encode / decode (AutoencoderBundle checked that)
         self.clf = bundle.module
-        self.encode: Callable[[torch.Tensor], torch.Tensor] = ae.encode
-        self.decode: Callable[[torch.Tensor], torch.Tensor] = ae.decode
+        self.encode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.encode
+        self.decode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.decode
         self.clf_spec, self.ae_spec = bundle.input_spec, autoencoder.input_spec
         self.size = (int(x.shape[-2]), int(x.shape[-1]))
         self.targets, self.batch_size, self.passes = targets, batch_size, 0
