@@ -156,6 +156,23 @@ def test_several_methods_in_one_call_equal_separate_calls(bundle: ClassifierBund
         torch.testing.assert_close(backwards.heatmaps[name], alone, rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
+def test_the_shared_forward_records_autograd_only_for_methods_that_differentiate_through_it(
+    bundle: ClassifierBundle, x: torch.Tensor
+) -> None:
+    ex = Explainer(bundle, device="cpu")
+    head = bundle.traced.cam_head().linear
+    seen: list[bool] = []
+    handle = head.register_forward_hook(lambda module, args, out: seen.append(out.requires_grad))
+    try:
+        for methods, graph in ((["cam"], False), (["lrp", "rap", "guided_backprop"], False),
+                               (["cam", "saliency"], True), (["gradcam"], True)):
+            seen.clear()
+            ex.explain(x, methods=methods, targets=0)
+            assert seen == [graph], methods
+    finally:
+        handle.remove()
+
+
 def test_probabilities_are_the_sigmoid_of_the_module(bundle: ClassifierBundle, x: torch.Tensor) -> None:
     ex = Explainer(bundle, device="cpu")
     res = ex.explain(x, methods=["cam"], targets=0)

@@ -23,6 +23,7 @@ from propagation_nets import (
 import cxrexplain
 from cxrexplain.methods.base import create
 from cxrexplain.methods.lrp import lrp_rules
+from cxrexplain.methods.rap import RAP_RULES
 
 torch.set_num_threads(1)
 
@@ -259,6 +260,35 @@ def test_no_state_leaks_and_repeatable():
         assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("rules", [lrp_rules(1.0, 0.0), lrp_rules(2.0, 1.0), RAP_RULES], ids=["lrp", "lrp21", "rap"])
+def test_cached_linear_maps_follow_parameter_changes(rules):
+    """The engine keeps each layer's merged / clamped weights between calls; a parameter or BatchNorm
+    statistic changed in place, or replaced, must give the result a fresh traced model gives."""
+    from cxrexplain.graph import TracedModel
+    from cxrexplain.propagation import propagate
+
+    torch.manual_seed(0)
+    net = randomize_batchnorm(SmallConvNet())
+    traced = TracedModel(net)
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    start = at_target([0, 2])
+
+    def relevance() -> torch.Tensor:
+        logits, activations = traced.run(x.detach().requires_grad_(True), "all")
+        return propagate(traced, activations, start(logits.detach()), rules, "lrp")
+
+    before = relevance()
+    assert torch.equal(relevance(), before)  # repeatable on the cached maps
+    with torch.no_grad():
+        net.conv3.weight.mul_(-1.5)  # merged conv + BN, in place
+        net.norm.running_var.mul_(3.0)  # diagonal BN statistic, in place
+    net.fc.weight = nn.Parameter(torch.randn_like(net.fc.weight))  # replaced
+    after = relevance()
+    fresh = relevance_at_input(copy.deepcopy(net), x, start, rules, "lrp")
+    torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(after, before)
 
 
 def test_unsupported_layer_names_node_and_type():

@@ -135,15 +135,18 @@ class Explainer:
             raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
         x = self.check_input(x)
         captures = [m.captures(self.bundle) for m in chosen.values()]
+        # Autograd bookkeeping only when a method differentiates through this forward (saliency, Grad-CAM).
+        graph = any(m.needs_graph for m in chosen.values())
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            if "all" in captures:
-                logits, activations = self.bundle.traced.run(x, "all")
-            elif any(captures):
-                names = tuple(name for c in captures for name in c)
-                logits, activations = self.bundle.traced.run(x, names)
-            else:
-                logits, activations = self.bundle.module(x), {}
+            x = x.detach().requires_grad_(graph)
+            with torch.set_grad_enabled(graph):
+                if "all" in captures:
+                    logits, activations = self.bundle.traced.run(x, "all")
+                elif any(captures):
+                    names = tuple(name for c in captures for name in c)
+                    logits, activations = self.bundle.traced.run(x, names)
+                else:
+                    logits, activations = self.bundle.module(x), {}
             ctx = ForwardContext(
                 bundle=self.bundle,
                 x=x,

@@ -89,9 +89,9 @@ def per_sample_sum(t: torch.Tensor) -> torch.Tensor:
 class LinearMap:
     """``z = W x`` without bias: a conv, a linear layer, a merged conv + BatchNorm, or a diagonal BatchNorm.
 
-    ``positive_sum`` / ``negative_sum`` give ``sum_i z_ij^+`` / ``sum_i z_ij^-`` per output neuron j, with
-    ``z_ij = x_i w_ij`` split by the sign of the product (so a negative input times a negative weight is a
-    positive contribution). ``positive_share(s)`` / ``negative_share(s)`` give ``sum_j z_ij^+ s_j`` /
+    ``positive_sum`` gives ``sum_i z_ij^+`` per output neuron j (``sum_i z_ij^-`` is the preactivation minus
+    it), with ``z_ij = x_i w_ij`` split by the sign of the product (so a negative input times a negative
+    weight is a positive contribution). ``positive_share(s)`` / ``negative_share(s)`` give ``sum_j z_ij^+ s_j`` /
     ``sum_j z_ij^- s_j`` per input neuron i: the transpose of the same map, masked by sign.
     """
 
@@ -99,7 +99,7 @@ class LinearMap:
     kind: Literal["conv", "pointwise", "linear", "diagonal"]
     bias: torch.Tensor | None = None  # the effective bias (BatchNorm shift included), left out of z
     conv: dict[str, Any] = field(default_factory=dict)  # stride, padding, dilation, groups
-    _parts: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _parts: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # W+, W-, made when first used
 
     @property
     def w_pos(self) -> torch.Tensor:
@@ -148,35 +148,30 @@ class LinearMap:
         z = self.forward(xp, self.w_pos)
         return z if xn is None else z + self.forward(xn, self.w_neg)
 
-    def negative_sum(self, xp: torch.Tensor, xn: torch.Tensor | None) -> torch.Tensor:
-        z = self.forward(xp, self.w_neg)
-        return z if xn is None else z + self.forward(xn, self.w_pos)
-
     def positive_share(self, xp: torch.Tensor, xn: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
         r = xp * self.transpose(s, xp, self.w_pos)
         return r if xn is None else r + xn * self.transpose(s, xn, self.w_neg)
+
+    def negative_share(self, xp: torch.Tensor, xn: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
+        r = xp * self.transpose(s, xp, self.w_neg)
+        return r if xn is None else r + xn * self.transpose(s, xn, self.w_pos)
 
     def mixed_share(
         self, xp: torch.Tensor, xn: torch.Tensor | None, s_pos: torch.Tensor, s_neg: torch.Tensor
     ) -> torch.Tensor:
         """``positive_share(s_pos) + negative_share(s_neg)``.
 
-        ``W+^T s_pos + W-^T s_neg`` is one transposed pass of the stacked weights ``[W+; W-]`` on the stacked
-        signals ``[s_pos; s_neg]``: the same arithmetic as two passes, without the second write and the add
-        (not for grouped convs, whose output channels cannot be stacked that way).
+        For the positive inputs ``W+^T s_pos + W-^T s_neg = W+^T (s_pos - s_neg) + W^T s_neg``: two transposed
+        passes with ``W+`` and ``W``, so no ``W-`` is made for layers fed by a ReLU (VGG-16's 25088x4096 FC
+        weights among them). The rewrite is exact where it matters: a signal made huge by a clamped
+        denominator (no contribution of that sign to neuron j) meets only weights that are exactly zero for
+        every positive input i. For negative inputs it would not be (huge terms would cancel), so they take
+        ``W-`` explicitly.
         """
-        if self.kind in ("pointwise", "linear") or (self.kind == "conv" and self.conv["groups"] == 1):
-            stacked = torch.cat([self.w_pos, self.w_neg])
-            signal = torch.cat([s_pos, s_neg], dim=1)
-            r = xp * self.transpose(signal, xp, stacked)
-            if xn is not None:
-                r = r + xn * self.transpose(signal, xn, torch.cat([self.w_neg, self.w_pos]))
+        r = xp * (self.transpose(s_pos - s_neg, xp, self.w_pos) + self.transpose(s_neg, xp))
+        if xn is None:
             return r
-        return self.positive_share(xp, xn, s_pos) + self.negative_share(xp, xn, s_neg)
-
-    def negative_share(self, xp: torch.Tensor, xn: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
-        r = xp * self.transpose(s, xp, self.w_neg)
-        return r if xn is None else r + xn * self.transpose(s, xn, self.w_pos)
+        return r + xn * (self.transpose(s_pos, xn, self.w_neg) + self.transpose(s_neg, xn, self.w_pos))
 
 
 def _vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -195,8 +190,27 @@ class Op:
     kind: str
     inputs: tuple[fx.Node, ...]
     apply: Callable[[torch.Tensor], torch.Tensor] | None = None  # recompute on a new input (pooling)
-    layer: Callable[[], LinearMap] | None = None  # the bias-free linear map, from the current parameters
+    build: Callable[[], LinearMap] | None = None  # the bias-free linear map, from the current parameters
+    modules: tuple[nn.Module, ...] = ()  # whose parameters and buffers ``build`` reads
     dim: int = 1  # concatenation axis
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def layer(self) -> LinearMap:
+        """The bias-free linear map, rebuilt only when a parameter or buffer it reads was replaced, moved or
+        changed in place. Rebuilding it on every call (a conv + BatchNorm merge, ``W+`` of VGG-16's
+        25088x4096 weights) cost more than the convolutions of a batch-1 LRP pass."""
+        assert self.build is not None, f"{self.node.name} is not an affine node"
+        # the tensors themselves are kept in the key, so identity is safe (no address reuse)
+        state = [(t, t.data_ptr(), t._version) for m in self.modules
+                 for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
+        cached = self._cache.get("layer")
+        if cached is None or not _same_state(cached[0], state):
+            cached = self._cache["layer"] = (state, self.build())
+        return cached[1]
+
+
+def _same_state(old: list[tuple[torch.Tensor, int, int]], new: list[tuple[torch.Tensor, int, int]]) -> bool:
+    return len(old) == len(new) and all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(old, new, strict=True))
 
 
 @dataclass
@@ -207,14 +221,10 @@ class Site:
     inputs: list[torch.Tensor]
     output: torch.Tensor
     nonnegative: bool = False  # inputs[0] is known >= 0 (it comes from a ReLU through pools / reshapes)
-    _layer: LinearMap | None = None
 
     @property
     def layer(self) -> LinearMap:
-        if self._layer is None:
-            assert self.op.layer is not None, f"{self.op.node.name} is not an affine node"
-            self._layer = self.op.layer()
-        return self._layer
+        return self.op.layer()
 
 
 Rule = Callable[[Site, torch.Tensor], Sequence[torch.Tensor]]
@@ -400,10 +410,13 @@ class Plan:
             if isinstance(module, nn.Conv2d):
                 if module.padding_mode != "zeros":
                     raise self._unsupported(node, f"Conv2d with padding_mode={module.padding_mode!r}", method)
-                return Op(node, "affine", first, layer=lambda: _conv_map(module, module.weight, module.bias))
+                conv = module
+                return Op(node, "affine", first, build=lambda: _conv_map(conv, conv.weight, conv.bias),
+                          modules=(conv,))
             if isinstance(module, nn.Linear):
                 fc = module
-                return Op(node, "affine", first, layer=lambda: LinearMap(fc.weight, "linear", fc.bias))
+                return Op(node, "affine", first, build=lambda: LinearMap(fc.weight, "linear", fc.bias),
+                          modules=(fc,))
             if isinstance(module, nn.BatchNorm2d):
                 return self._batchnorm(node, module, first)
             for types, kind in _MODULE_KINDS:
@@ -450,9 +463,10 @@ class Plan:
                 what = f"Conv2d with padding_mode={conv.padding_mode!r}"
                 raise self._unsupported(source, what, "propagation")
             # conv followed only by this BN: one conv W' = W * a, input = the conv's input (bias excluded).
-            return Op(node, "affine", (conv_input,), layer=lambda: _merged(conv, bn, node.name))
+            return Op(node, "affine", (conv_input,), build=lambda: _merged(conv, bn, node.name),
+                      modules=(conv, bn))
         # y = a x + b per channel: a diagonal linear layer (bias b excluded like every bias).
-        return Op(node, "affine", first, layer=lambda: _diagonal(bn, node.name))
+        return Op(node, "affine", first, build=lambda: _diagonal(bn, node.name), modules=(bn,))
 
     @staticmethod
     def _rebind(node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -23,9 +23,10 @@ Captures = tuple[str, ...] | Literal["all"]
 class ForwardContext:
     """What the shared forward pass produced.
 
-    ``x`` is the (N, C, H, W) input as a leaf that requires grad; ``logits`` (N, L) are connected to it by
-    autograd, and so is every tensor in ``activations`` (fx node name -> output). Methods differentiate with
-    ``retain_graph=True`` so the next method can reuse the graph.
+    ``x`` is the (N, C, H, W) input. When a requested method declares :attr:`Method.needs_graph`, ``x`` is a
+    leaf that requires grad and ``logits`` (N, L) and every tensor in ``activations`` (fx node name -> output)
+    are connected to it by autograd; methods differentiate with ``retain_graph=True`` so the next method can
+    reuse the graph. Otherwise the forward ran without autograd bookkeeping.
     """
 
     bundle: ClassifierBundle
@@ -62,6 +63,9 @@ class Method(ABC):
 
     name: ClassVar[str]
     options: ClassVar[dict[str, type]] = {}
+    needs_graph: ClassVar[bool] = True
+    """Whether :meth:`explain` differentiates through the shared forward (``ctx.x`` / ``ctx.logits`` /
+    ``ctx.activations``). When no requested method does, the shared forward runs without autograd."""
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.options)

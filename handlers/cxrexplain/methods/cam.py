@@ -17,6 +17,7 @@ class CAM(Method):
     """
 
     name = "cam"
+    needs_graph = False  # reads kept feature maps only
 
     def captures(self, bundle: ClassifierBundle) -> Captures:
         return (bundle.cam_node,)

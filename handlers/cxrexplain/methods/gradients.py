@@ -64,6 +64,7 @@ class IntegratedGradients(Method):
     """
 
     name = "integrated_gradients"
+    needs_graph = False  # its own passes on path points
     options = {"steps": int, "baseline": float, "integration": str, "internal_batch_size": int}
     steps: int = 32
     baseline: float = 0.0

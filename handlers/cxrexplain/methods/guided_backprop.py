@@ -26,6 +26,7 @@ class GuidedBackprop(Method):
     """
 
     name = "guided_backprop"
+    needs_graph = False  # rules work on detached activations
 
     def captures(self, bundle: ClassifierBundle) -> Captures:
         return "all"

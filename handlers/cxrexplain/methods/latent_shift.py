@@ -128,6 +128,7 @@ class LatentShift(Method):
     """
 
     name = "latent_shift"
+    needs_graph = False  # its own passes through the autoencoder
     options = {"frames": int, "direction": str, "map": str, "search": str, "max_lambda": float, "step": float,
                "batch_size": int, "fall": float, "rise": float}
     frames: int = 10

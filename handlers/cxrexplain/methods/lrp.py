@@ -61,6 +61,7 @@ class LRP(Method):
     """
 
     name = "lrp"
+    needs_graph = False  # rules work on detached activations
     options = {"alpha": float, "beta": float}
     alpha: float = 1.0
     beta: float = 0.0

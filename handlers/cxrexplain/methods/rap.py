@@ -91,6 +91,7 @@ class RAP(Method):
     """
 
     name = "rap"
+    needs_graph = False  # rules work on detached activations
 
     def captures(self, bundle: ClassifierBundle) -> Captures:
         return "all"
