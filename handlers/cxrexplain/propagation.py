@@ -62,14 +62,14 @@ def stabilize(z: torch.Tensor) -> torch.Tensor:
     return z.masked_fill(z == 0, EPSILON)
 
 
-def positive(z: torch.Tensor) -> torch.Tensor:
+def positive(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """A non-negative denominator (a sum of positive contributions) clamped at :data:`EPSILON`."""
-    return z.clamp(min=EPSILON)
+    return torch.clamp(z, min=EPSILON, out=out)
 
 
-def negative(z: torch.Tensor) -> torch.Tensor:
+def negative(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """A non-positive denominator (a sum of negative contributions) clamped at -:data:`EPSILON`."""
-    return z.clamp(max=-EPSILON)
+    return torch.clamp(z, max=-EPSILON, out=out)
 
 
 def split_sign(x: torch.Tensor, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -83,6 +83,13 @@ def split_sign(x: torch.Tensor, nonnegative: bool = False) -> tuple[torch.Tensor
 def per_sample_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over everything but the batch axis, shaped to broadcast against ``t``."""
     return t.reshape(t.shape[0], -1).sum(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``per_sample_sum(a * b)`` as a batched dot product, without the elementwise product in memory."""
+    n = a.shape[0]
+    dot = torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1))
+    return dot.view(-1, *([1] * (a.ndim - 1)))
 
 
 @dataclass
@@ -118,6 +125,7 @@ class LinearMap:
         if self.kind == "conv":
             return F.conv2d(x, w, None, **self.conv)
         if self.kind == "pointwise":  # a 1x1 conv as one batched matmul (CPU convolution takes a slow path)
+            x = self._subsample(x)
             n, _, h, width = x.shape
             return torch.matmul(w.flatten(1), x.reshape(n, -1, h * width)).view(n, -1, h, width)
         if self.kind == "linear":
@@ -133,10 +141,24 @@ class LinearMap:
             return conv2d_input(like.shape, w, s, **self.conv)
         if self.kind == "pointwise":
             n, _, h, width = s.shape
-            return torch.matmul(w.flatten(1).t(), s.reshape(n, -1, h * width)).view(like.shape)
+            t = torch.matmul(w.flatten(1).t(), s.reshape(n, -1, h * width)).view(n, -1, h, width)
+            if self.stride == (1, 1):
+                return t
+            # a strided 1x1 conv reads every stride-th pixel: its transpose writes there, zeros elsewhere
+            # (CPU's transposed convolution for ResNet's stride-2 downsample took 10x its forward)
+            out = t.new_zeros(like.shape)
+            out[:, :, :: self.stride[0], :: self.stride[1]] = t
+            return out
         if self.kind == "linear":
             return s @ w
         return s * w.view(-1, *([1] * (s.ndim - 2)))
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return tuple(self.conv.get("stride", (1, 1)))
+
+    def _subsample(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.stride == (1, 1) else x[:, :, :: self.stride[0], :: self.stride[1]]
 
     def preactivation(self, output: torch.Tensor) -> torch.Tensor:
         """``z_j = sum_i z_ij`` from the node's kept output: output minus effective bias (no new conv)."""
@@ -149,12 +171,13 @@ class LinearMap:
         return z if xn is None else z + self.forward(xn, self.w_neg)
 
     def positive_share(self, xp: torch.Tensor, xn: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
-        r = xp * self.transpose(s, xp, self.w_pos)
-        return r if xn is None else r + xn * self.transpose(s, xn, self.w_neg)
+        # transposed passes return fresh tensors: the products are taken in place
+        r = self.transpose(s, xp, self.w_pos).mul_(xp)
+        return r if xn is None else r.addcmul_(xn, self.transpose(s, xn, self.w_neg))
 
     def negative_share(self, xp: torch.Tensor, xn: torch.Tensor | None, s: torch.Tensor) -> torch.Tensor:
-        r = xp * self.transpose(s, xp, self.w_neg)
-        return r if xn is None else r + xn * self.transpose(s, xn, self.w_pos)
+        r = self.transpose(s, xp, self.w_neg).mul_(xp)
+        return r if xn is None else r.addcmul_(xn, self.transpose(s, xn, self.w_pos))
 
     def mixed_share(
         self, xp: torch.Tensor, xn: torch.Tensor | None, s_pos: torch.Tensor, s_neg: torch.Tensor
@@ -168,10 +191,10 @@ class LinearMap:
         every positive input i. For negative inputs it would not be (huge terms would cancel), so they take
         ``W-`` explicitly.
         """
-        r = xp * (self.transpose(s_pos - s_neg, xp, self.w_pos) + self.transpose(s_neg, xp))
+        r = self.transpose(s_pos - s_neg, xp, self.w_pos).add_(self.transpose(s_neg, xp)).mul_(xp)
         if xn is None:
             return r
-        return r + xn * (self.transpose(s_pos, xn, self.w_neg) + self.transpose(s_neg, xn, self.w_pos))
+        return r.addcmul_(xn, self.transpose(s_pos, xn, self.w_neg).add_(self.transpose(s_neg, xn, self.w_pos)))
 
 
 def _vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -330,9 +353,9 @@ _MODULE_KINDS: tuple[tuple[type[nn.Module] | tuple[type[nn.Module], ...], str], 
 
 
 def _conv_map(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> LinearMap:
-    pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
+    pointwise = conv.kernel_size == (1, 1) and conv.padding in ((0, 0), "valid")
     if pointwise and conv.groups == 1:
-        return LinearMap(weight, "pointwise", bias)
+        return LinearMap(weight, "pointwise", bias, dict(stride=conv.stride))
     return LinearMap(weight, "conv", bias, dict(stride=conv.stride, padding=conv.padding,
                                                 dilation=conv.dilation, groups=conv.groups))
 

@@ -33,14 +33,16 @@ class AlphaBeta:
             return [out - self.beta * relevance * (z < 0) if self.beta else out]
         xp, xn = split_sign(site.inputs[0], site.nonnegative)
         pos_sum = layer.positive_sum(xp, xn)
-        # alpha * sum_j z_ij^+ R_j / sum_i z_ij^+
-        out = layer.positive_share(xp, xn, relevance / positive(pos_sum))
+        # sum_i z_ij^- = z_j - sum_i z_ij^+ (no second conv)
+        neg_sum = layer.preactivation(site.output) - pos_sum if self.beta else None
+        # alpha * sum_j z_ij^+ R_j / sum_i z_ij^+ (the quotient in place: pos_sum is not needed after it)
+        out = layer.positive_share(xp, xn, torch.div(relevance, positive(pos_sum, out=pos_sum), out=pos_sum))
         if self.alpha != 1.0:
-            out = self.alpha * out
-        if self.beta:
-            # - beta * sum_j z_ij^- R_j / sum_i z_ij^-; sum_i z_ij^- = z_j - sum_i z_ij^+ (no second conv)
-            neg_sum = layer.preactivation(site.output) - pos_sum
-            out = out - self.beta * layer.negative_share(xp, xn, relevance / negative(neg_sum))
+            out.mul_(self.alpha)
+        if neg_sum is not None:
+            # - beta * sum_j z_ij^- R_j / sum_i z_ij^-
+            s_neg = torch.div(relevance, negative(neg_sum, out=neg_sum), out=neg_sum)
+            out.sub_(layer.negative_share(xp, xn, s_neg), alpha=self.beta)
         return [out]
 
 

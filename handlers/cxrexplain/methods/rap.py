@@ -29,6 +29,7 @@ from ..propagation import (
     RELEVANCE_RULES,
     Rule,
     Site,
+    per_sample_dot,
     per_sample_sum,
     positive,
     propagate,
@@ -50,26 +51,29 @@ def relative_attribution(site: Site, relevance: torch.Tensor) -> list[torch.Tens
     """000 eqs. 5-6 at every other affine node."""
     layer = site.layer
     x = site.inputs[0]
-    activated = x != 0  # m_i activated (eq. 6)
-    gamma = per_sample_sum(activated).clamp(min=1)
+    # Gamma: activated (x_i != 0) input neurons per sample (eq. 6)
+    gamma = torch.count_nonzero(x.flatten(1), dim=1).clamp(min=1).view(-1, *([1] * (x.ndim - 1)))
     if layer.kind == "diagonal":
         # One contribution per neuron: eq. 5 gives Rbar_i = R_i wherever z_i = a_i x_i != 0 (through the
         # positive part if z_i > 0, through the negative part, with fraction 1, if z_i < 0).
         z = layer.forward(x)
         psi = per_sample_sum(relevance * (z < 0)) / gamma  # eq. 6 over the negative part
-        return [(relevance - psi) * activated]
+        return [(relevance - psi) * (x != 0)]
     xp, xn = split_sign(x, site.nonnegative)
     pos_sum = layer.positive_sum(xp, xn)  # P_j = sum_i z_ij^+
     neg_sum = layer.preactivation(site.output) - pos_sum  # N_j = sum_i z_ij^- = z_j - P_j (no second conv)
-    total = positive(pos_sum - neg_sum)  # T_j = sum_i (|z_ij^+| + |z_ij^-|)
+    # T_j = sum_i (|z_ij^+| + |z_ij^-|) = P_j - N_j; r_total = R_j / T_j (in place: large tensors, few passes)
+    total = pos_sum - neg_sum
+    r_total = torch.div(relevance, positive(total, out=total), out=total)
     # eq. 5: Rbar_i = sum_j z_ij^+ (R_j / P_j) + sum_j z_ij^- / N_j * (R_j |N_j| / T_j); the latter factor
     # simplifies to z_ij^- * (-R_j / T_j), which needs no division by N_j.
-    s_pos = relevance / positive(pos_sum)
-    s_neg = -relevance / total
-    rbar = layer.mixed_share(xp, xn, s_pos, s_neg)
+    s_neg = r_total.neg_()
     # eq. 6: Psi = sum_i (negative part of eq. 5) / Gamma = sum_j N_j s_neg_j / Gamma, taken at the outputs
-    psi = per_sample_sum(neg_sum * s_neg) / gamma
-    return [rbar - psi * activated]
+    psi = per_sample_dot(neg_sum, s_neg) / gamma
+    s_pos = torch.div(relevance, positive(pos_sum, out=pos_sum), out=pos_sum)  # R_j / P_j; P not needed after
+    rbar = layer.mixed_share(xp, xn, s_pos, s_neg)
+    # R_i = Rbar_i - Psi on activated neurons; Rbar_i = 0 on the others (x_i = 0), which keep 0
+    return [rbar.sub_(psi).masked_fill_(x == 0, 0.0)]
 
 
 RAP_RULES: dict[str, Rule] = {
