@@ -27,7 +27,7 @@ from .archive import (
     write_json,
 )
 from .onnx_export import ParityError, export_onnx
-from .recipe import ModelEntry, RecipeError, load_recipe
+from .recipe import STREAM_SUFFIX, ModelEntry, RecipeError, load_recipe
 
 log = logging.getLogger("cxrexplain.export")
 
@@ -47,6 +47,16 @@ def _model_config(entry: ModelEntry, response_timeout: int) -> dict[str, Any]:
     """TorchServe per-archive settings (torch-model-archiver --config-file): dynamic batching and workers."""
     return {"minWorkers": entry.workers, "maxWorkers": entry.workers, "batchSize": entry.batch_size,
             "maxBatchDelay": entry.max_batch_delay_ms, "responseTimeout": response_timeout}
+
+
+def _stream_config(entry: ModelEntry, response_timeout: int) -> dict[str, Any]:
+    """The streaming twin's settings: sequence batching, without which TorchServe 0.12 fails every
+    ``StreamPredictions2`` call with UNKNOWN. Each stream holds one of ``maxNumSequence`` slots until it has
+    been idle ``sequenceMaxIdleMSec``, and an idle sequence blocks one of the ``batchSize`` polling threads as
+    long: hence a short idle time. (``continuousBatching`` would drop the stream after its first part in 0.12.)
+    """
+    return {**_model_config(entry, response_timeout), "sequenceBatching": True, "sequenceMaxIdleMSec": 200,
+            "maxNumSequence": 32, "maxSequenceJobQueueSize": 4}
 
 
 def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path) -> dict[str, Any]:
@@ -84,7 +94,11 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
         config = Path(tmp) / "model-config.yaml"
         config.write_text(yaml.safe_dump(_model_config(entry, response_timeout=RESPONSE_TIMEOUT_S)))
         mar = build_mar(entry.name, version, staging, store, config)
-    record.update(archive=mar.name, archive_sha256=sha256(mar))
+        record.update(archive=mar.name, archive_sha256=sha256(mar))
+        if entry.stream and entry.kind == "classifier":
+            config.write_text(yaml.safe_dump(_stream_config(entry, response_timeout=RESPONSE_TIMEOUT_S)))
+            twin = build_mar(entry.name + STREAM_SUFFIX, version, staging, store, config)
+            record.update(stream_archive=twin.name, stream_archive_sha256=sha256(twin))
     return record
 
 

@@ -15,12 +15,18 @@ models:
     max_batch_delay_ms: 20
     workers: 1
     onnx: true                    # write the ONNX predictions fast path (classifiers)
+    stream: false                 # also write <name>-stream.mar, the twin gRPC StreamPredictions2 calls
   - name: cxr-ae
     kind: autoencoder
     architecture: resnet_ae_small
     weights: .cache/demo-weights/cxr_ae.pt
 ```
 Relative paths are relative to the recipe file.
+
+``stream: true`` (classifiers): TorchServe 0.12 sends gRPC ``StreamPredictions2`` only to a model with
+sequence batching, and such a model cannot answer unary gRPC ``Predictions`` (the frontend never schedules
+a request without a sequence id). So the streaming endpoint is a twin: the same files archived again as
+``<name>-stream`` with sequence batching on; ``<name>`` keeps REST and unary gRPC.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 import yaml
 
 KINDS = ("classifier", "autoencoder")
+STREAM_SUFFIX = "-stream"  # the streaming twin of a classifier archive (``stream: true``)
 
 
 class RecipeError(ValueError):
@@ -54,6 +61,7 @@ class ModelEntry:
     max_batch_delay_ms: int = 20
     workers: int = 1
     onnx: bool = True
+    stream: bool = False
     caps: dict[str, int] = field(default_factory=dict)
 
 
@@ -61,7 +69,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "kind": (str,), "architecture": (str,), "weights": (str,), "labels": (list,),
     "input_spec": (dict,), "op_thresholds": (list,), "cam_layer": (str,), "autoencoder": (str,),
     "version": (str, int, float), "batch_size": (int,), "max_batch_delay_ms": (int,), "workers": (int,),
-    "onnx": (bool,), "caps": (dict,),
+    "onnx": (bool,), "stream": (bool,), "caps": (dict,),
 }
 
 
@@ -111,6 +119,10 @@ def load_recipe(path: Path) -> list[ModelEntry]:
         raise RecipeError(f"duplicate model name(s): {', '.join(sorted(duplicates))}")
     by_name = {e.name: e for e in entries}
     for e in entries:
+        if e.stream and e.kind != "classifier":
+            raise RecipeError(f"{e.name}: stream applies to classifiers only (an autoencoder answers unary calls)")
+        if e.stream and e.name + STREAM_SUFFIX in by_name:
+            raise RecipeError(f"{e.name}: stream: true writes {e.name}{STREAM_SUFFIX}, which another entry is named")
         if e.autoencoder is not None:
             backing = by_name.get(e.autoencoder)
             if backing is None or backing.kind != "autoencoder":

@@ -27,7 +27,14 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from cxrexplain.autoencoder_service import AutoencoderService
 from cxrexplain.models import load_autoencoder, load_classifier
-from cxrexplain.service import ExplainService, OnnxPredictor, RowRequest, caps_from_config, load_serve_config
+from cxrexplain.service import (
+    ExplainService,
+    OnnxPredictor,
+    RowRequest,
+    caps_from_config,
+    internal_error,
+    load_serve_config,
+)
 from cxrexplain.telemetry import MetricSpec, Telemetry, new_request_id
 
 log = logging.getLogger(__name__)
@@ -105,7 +112,14 @@ class CxrExplainHandler(BaseHandler):
                                                "Intermediate Prediction success", 200, context)
 
         log.info("batch=%d model=%s", len(rows), self.telemetry.model_name)
-        results = self.service.handle_batch(rows, emit=emit)
+        try:
+            results = self.service.handle_batch(rows, emit=emit)
+        except Exception:
+            # The service answers every row's fault itself, so this is a bug. Still answer each row: an
+            # exception out of handle() fails the whole batch, and on a streaming twin (sequence batching)
+            # TorchServe 0.12 then loses the worker for good.
+            log.exception("batch=%d model=%s: internal error", len(rows), self.telemetry.model_name)
+            results = [internal_error(row) for row in rows]
         for i, result in enumerate(results):
             context.set_response_status(result.status, _PHRASES.get(result.status, "Error"), i)
             context.set_response_content_type(i, result.content_type)
@@ -132,7 +146,8 @@ class CxrExplainHandler(BaseHandler):
             explain_flag=header("explain") == "True",
             accept=header("accept"),
             rest="explain" in headers,  # TorchServe's REST path always sets it ("True"/"False"); gRPC never
-            can_stream=bool(header(sequence_key)),
+            # gRPC StreamPredictions2 carries a sequence id; on a sequence-batching model REST requests get one too
+            can_stream=bool(header(sequence_key)) and "explain" not in headers,
         )
 
 

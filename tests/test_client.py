@@ -697,7 +697,9 @@ def test_grpc_stream_parts_in_order(grpc_server: tuple[str, Inference, Managemen
     assert got_ls is not None and want_ls is not None
     np.testing.assert_array_equal(got_ls.frames, want_ls.frames)
     _, req, metadata = inference.calls[0]
-    assert req is not None and req.input["stream"] == b"true" and not req.HasField("sequence_id")
+    # to the streaming twin, with a sequence id (TorchServe 0.12 refuses a stream without one)
+    assert req is not None and req.input["stream"] == b"true" and req.model_name == "m-stream"
+    assert len(req.sequence_id) == 32
     assert metadata["authorization"] == "Bearer tok"
     assert inference.half_closed.wait(2.0)  # the client closed its side after the last part
 

@@ -38,6 +38,8 @@ def entry(**overrides) -> dict:
     ({"kind": "segmenter"}, "kind must be one of"),
     ({"colour": "red"}, "unknown field(s) colour"),
     ({"autoencoder": "nope"}, "is not an autoencoder entry"),
+    ({"kind": "autoencoder", "stream": True}, "stream applies to classifiers only"),
+    ({"stream": "yes"}, "field 'stream' must be bool"),
 ])
 def test_recipe_errors_name_the_entry_and_field(tmp_path, bad, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
@@ -83,6 +85,27 @@ def test_export_builds_archive_and_manifest(tmp_path, weights):
         assert required in names, required
     assert not any("__pycache__" in n for n in names)
     assert not list(store.glob(".export-*"))  # no staging left behind
+
+
+def test_stream_true_writes_a_sequence_batching_twin(tmp_path, weights):
+    recipe = write_recipe(tmp_path, [entry(batch_size=2, stream=True, onnx=False)])
+    store = tmp_path / "store"
+    assert cli.main([str(recipe), "--store", str(store)]) == 0
+    (record,) = json.loads((store / "manifest.json").read_text())["models"]
+    assert record["stream_archive"] == "m-stream.mar"
+    assert record["stream_archive_sha256"] == archive.sha256(store / "m-stream.mar")
+
+    def model_config(name: str) -> dict:
+        with zipfile.ZipFile(store / name) as mar:
+            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+            return {"name": manifest["modelName"], **yaml.safe_load(mar.read(manifest["configFile"]))}
+
+    plain, twin = model_config("m.mar"), model_config("m-stream.mar")
+    assert plain["name"] == "m" and "sequenceBatching" not in plain and plain["batchSize"] == 2
+    assert twin["name"] == "m-stream" and twin["sequenceBatching"] is True and twin["sequenceMaxIdleMSec"] > 0
+    assert twin["batchSize"] == 2
+    with pytest.raises(RecipeError, match="m-stream"):
+        load_recipe(write_recipe(tmp_path, [entry(stream=True), entry(name="m-stream")]))
 
 
 def test_interrupted_archiving_leaves_no_half_written_archive(tmp_path, monkeypatch):

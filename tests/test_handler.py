@@ -270,6 +270,38 @@ def test_stream_predictions2_sends_parts_then_the_last_one(worker):
     assert "ts_stream_next" not in final["u1"]["headers"] and message(final["u1"]).findings
 
 
+def test_rest_on_a_sequence_batching_model_never_streams(worker):
+    """On the streaming twin TorchServe gives REST requests a sequence id too: they still get one answer."""
+    rest_sequence = {**REST, "explain": "True", "ts_request_sequence_id": "ts-seq-1",
+                     "ts_request_sequence_start": "true"}
+    (row,), intermediate = run(worker, [("r1", rest_sequence, [
+        ("data", "image/png", png()), ("methods", "text/plain", b"cam"), ("stream", "text/plain", b"true")])])
+    assert not intermediate
+    assert row["status"] == 422 and "StreamPredictions2" in json.loads(row["body"])["error"]["message"]
+
+
+def test_a_service_failure_still_answers_every_row(worker, monkeypatch):
+    """An exception out of handle() would fail the batch (and lose the worker on a sequence-batching model):
+    the handler answers each row with a 500 naming its request id instead, and the next batch is served."""
+    handler = worker._entry_point.__self__
+
+    def broken(rows, emit=None):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(handler.service, "handle_batch", broken)
+    sequence = {"ts_request_sequence_id": "seq-2"}
+    rows, _ = run(worker, [("b1", REST, [("data", "image/png", png())]),
+                           ("b2", sequence, [("data", "", png()), ("stream", "", b"true")])])
+    assert [r["status"] for r in rows] == [500, 500]
+    rest_error = json.loads(rows[0]["body"])["error"]
+    assert rest_error["type"] == "internal_error" and "b1" in rest_error["message"]
+    end = message(rows[1])
+    assert end.error.code == 500 and end.last and "b2" in end.error.message
+    monkeypatch.undo()
+    (after,), _ = run(worker, [("b3", REST, [("data", "image/png", png())])])
+    assert after["status"] == 200
+
+
 def test_cost_cap_from_serve_json(worker):
     (row,), _ = run(worker, [("c", REST, [("data", "image/png", png()), ("methods", "text/plain", b"cam"),
                                           ("top_k", "text/plain", b"4")])])

@@ -48,7 +48,7 @@ def store(tmp_path_factory, phantom_classifier, phantom_autoencoder) -> Path:
     recipe = {"models": [
         {"name": "cxr", "kind": "classifier", "architecture": "densenet_small", "weights": "weights/clf.pt",
          "autoencoder": "cxr-ae", "batch_size": 4, "max_batch_delay_ms": 200, "version": "1.0",
-         "caps": {"max_work_units": 400}},
+         "caps": {"max_work_units": 400}, "stream": True},
         {"name": "cxr-noae", "kind": "classifier", "architecture": "densenet_small", "weights": "weights/clf.pt",
          "onnx": False, "batch_size": 1},
         {"name": "cxr-ae", "kind": "autoencoder", "architecture": "resnet_ae_small", "weights": "weights/ae.pt"},
@@ -265,6 +265,32 @@ def test_client_sdk_round_trip(server, image):
             first = result.results["Mass"]
             assert first.heatmaps["cam"].shape == (64, 64)
             assert first.latent_shift.frames.shape[0] == 4
+
+
+def test_grpc_stream_findings_then_heatmaps_then_latent_shift(server, image):
+    """StreamPredictions2 on the streaming twin (cxr-stream): findings first, each heatmap, the latent shift,
+    then the end; the assembled answer equals the unary one. A bad stream request is a typed error and the
+    twin keeps serving (in 0.12 an error reply that is not a per-row status would lose its worker)."""
+    import cxrexplain_client as cx
+
+    request = dict(methods=["cam", "rap", "latent_shift"], targets=["Cardiomegaly"], frames=3)
+    with cx.ExplainClient(url=server.url, grpc_target=server.grpc_target, token=server.key()) as client:
+        parts = list(client.stream_explain(image, "cxr", **request))
+        # the latent-shift 2D map is a heatmap part; its frames follow as the latent_shift part
+        assert [p.kind for p in parts] == ["findings", "heatmap", "heatmap", "heatmap", "latent_shift", "end"]
+        assert parts[0].findings and not parts[0].heatmaps
+        assert [(t, m) for p in parts[1:4] for t, m, _ in p.heatmaps] == [
+            ("Cardiomegaly", "cam"), ("Cardiomegaly", "rap"), ("Cardiomegaly", "latent_shift")]
+        assert parts[4].latent_shifts[0].frames.shape[0] == 3 and parts[-1].last
+        streamed = parts[-1].explanation.results["Cardiomegaly"]
+        unary = client.explain(image, "cxr", transport="grpc", **request).results["Cardiomegaly"]
+        for method in ("cam", "rap"):
+            np.testing.assert_allclose(streamed.heatmaps[method], unary.heatmaps[method], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(streamed.latent_shift.lambdas, unary.latent_shift.lambdas, rtol=1e-5)
+        with pytest.raises(cx.InvalidInput, match="Fracture"):
+            list(client.stream_explain(image, "cxr", methods=["cam"], targets=["Fracture"]))
+        again = list(client.stream_explain(image, "cxr-stream", methods=["cam"]))
+        assert again[-1].last and again[-1].explanation.results
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------

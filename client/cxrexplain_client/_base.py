@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,6 +108,22 @@ def predictions_request(
     return inference_pb2.PredictionsRequest(
         model_name=model, model_version=version or "", input=grpc_input(image, options)
     )
+
+
+STREAM_SUFFIX = "-stream"
+
+
+def stream_request(
+    model: str, version: str | None, image: EncodedImage | None, options: dict[str, str]
+) -> inference_pb2.PredictionsRequest:
+    """The ``StreamPredictions2`` request: to ``model``'s streaming twin ``<model>-stream``
+    (``cxrexplain-export`` writes it for ``stream: true``), with a fresh sequence id. TorchServe 0.12
+    streams only from a model with sequence batching, which cannot answer unary calls (hence the twin), and
+    refuses a stream without a sequence id."""
+    twin = model if model.endswith(STREAM_SUFFIX) else model + STREAM_SUFFIX
+    request = predictions_request(twin, version, image, options)
+    request.sequence_id = uuid.uuid4().hex
+    return request
 
 
 def check_prediction_status(resp: inference_pb2.PredictionResponse) -> None:

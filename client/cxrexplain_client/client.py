@@ -31,6 +31,7 @@ from ._base import (
     parse_model_list,
     predictions_request,
     prepare,
+    stream_request,
 )
 from ._proto import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 from ._retry import USE_CLIENT_DEFAULT, RetryPolicy, grpc_channel_options
@@ -225,12 +226,14 @@ class ExplainClient:
 
         Parts come findings first, then each heatmap, then the latent-shift frames; iteration ends after the
         part marked ``last`` (its ``explanation`` is the complete answer). Same arguments as :meth:`explain`.
+        The call goes to the model's streaming twin ``<model>-stream`` (see README, Streaming), with a fresh
+        sequence id: TorchServe 0.12 refuses a stream without one.
         """
         opts = option_kwargs(
             methods, targets, top_k, heatmap_format, heatmap_dtype, frames, latent_shift_map, direction
         )
         encoded, fields = prepare(image, opts, stream=True)
-        request = predictions_request(model, version, encoded, fields)
+        request = stream_request(model, version, encoded, fields)
         deadline = self.settings.pick_timeout(timeout)
         # TorchServe ends the response stream as soon as the client half-closes, so the request stream stays
         # open until the last part has arrived.

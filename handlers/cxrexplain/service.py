@@ -220,6 +220,18 @@ def encode(message: explain_pb2.ExplainResponse, content_type: str) -> bytes:
     return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None).encode("utf-8")
 
 
+def internal_error(row: RowRequest) -> RowResult:
+    """A 500 answer for a row the service could not answer at all (a bug), with the request id to quote."""
+    request_id = row.request_id if row.request_id and _safe_id(row.request_id) else new_request_id()
+    msg = explain_pb2.ExplainResponse(error=explain_pb2.Error(
+        code=500, message=f"internal error; quote request id {request_id} to the operator",
+        request_id=request_id, type=_Internal.code))
+    if row.can_stream:  # a stream waits for its last part
+        msg.part, msg.last = "end", True
+    return RowResult(request_id=request_id, status=500, message=msg,
+                     content_type=negotiate(None, row.accept, row.rest), kind="error", error_type=_Internal.code)
+
+
 def decode(data: bytes, content_type: str = JSON) -> explain_pb2.ExplainResponse:
     """Inverse of :func:`encode` (used by tests and by the client's codec)."""
     message = explain_pb2.ExplainResponse()

@@ -31,6 +31,7 @@ from .._base import (
     parse_model_list,
     predictions_request,
     prepare,
+    stream_request,
 )
 from .._proto import inference_pb2_grpc, management_pb2, management_pb2_grpc
 from .._retry import USE_CLIENT_DEFAULT, RetryPolicy, grpc_channel_options
@@ -154,12 +155,15 @@ class AsyncExplainClient:
         direction: str | None = None,
         timeout: TimeoutArg = USE_CLIENT_DEFAULT,
     ) -> AsyncIterator[StreamPart]:
-        """Explain over gRPC ``StreamPredictions2``: async iterator of parts ending with the ``last`` one."""
+        """Explain over gRPC ``StreamPredictions2``: async iterator of parts ending with the ``last`` one.
+
+        Like the sync client, the call goes to the streaming twin ``<model>-stream`` with a fresh sequence id.
+        """
         opts = option_kwargs(
             methods, targets, top_k, heatmap_format, heatmap_dtype, frames, latent_shift_map, direction
         )
         encoded, fields = prepare(image, opts, stream=True)
-        request = predictions_request(model, version, encoded, fields)
+        request = stream_request(model, version, encoded, fields)
         deadline = self.settings.pick_timeout(timeout)
         stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel())
         call = stub.StreamPredictions2(timeout=deadline, metadata=codec.grpc_metadata(self.settings.token))
