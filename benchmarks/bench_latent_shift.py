@@ -18,6 +18,11 @@ the two spaces through the bundle's adapters, as in production. One image, targe
 
 A random-weight classifier barely reacts to a shift along the sigmoid direction, so the published walks run
 to their cap: that is the case where the search cost matters (and the one a poorly calibrated model hits).
+
+``--weights CLF.pt --autoencoder AE.pt`` runs (a) and (b) on trained models instead (for example the demo
+models of ``make serve`` in ``.cache/demo-weights/``): the image is the first held-out phantom (seed 7000)
+with a finding the classifier gives >= 0.9, and the target is that finding. A confident classifier is the
+other case where the sigmoid direction stalls (its gradient vanishes as the probability nears 1).
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import cxrexplain
 from cxrexplain.explainer import ExplanationResult
+from cxrexplain.phantom import PhantomDataset
 from cxrexplain.spec import unit_spec
 
 from . import common
@@ -58,10 +65,28 @@ def models(quick: bool) -> tuple[cxrexplain.ClassifierBundle, cxrexplain.Autoenc
     return clf, ae, size
 
 
-def shift_calls(explainer: cxrexplain.Explainer, x: torch.Tensor, variants: dict[str, dict[str, Any]],
+def trained_case(weights: Path, autoencoder: Path) -> tuple[cxrexplain.Explainer, torch.Tensor, int, str]:
+    """Trained models, the first held-out phantom with a finding the classifier gives >= 0.9, that finding."""
+    clf = cxrexplain.load_classifier(None, weights=weights)
+    explainer = cxrexplain.Explainer(clf, autoencoder=cxrexplain.load_autoencoder(None, weights=autoencoder),
+                                     device="cpu")
+    phantoms = PhantomDataset(200, size=clf.input_spec.size, seed=7000)
+    for i in range(len(phantoms)):
+        image, labels = phantoms[i]
+        x = clf.input_spec.from_unit(image[None])
+        probabilities = explainer.predict(x)[0]
+        for index in labels.nonzero()[:, 0].tolist():
+            if probabilities[index] >= 0.9:
+                finding = f"{clf.labels[index]} (p = {probabilities[index]:.3f}, held-out phantom {i})"
+                return explainer, x, index, finding
+    raise RuntimeError(f"no held-out phantom with a finding at p >= 0.9 for {weights}")
+
+
+def shift_calls(explainer: cxrexplain.Explainer, x: torch.Tensor, target: int,
+                variants: dict[str, dict[str, Any]],
                 store: dict[str, ExplanationResult]) -> dict[str, Callable[[], Any]]:
     def call(name: str) -> None:
-        store[name] = explainer.explain(x, methods=["latent_shift"], targets=[TARGET] * x.shape[0],
+        store[name] = explainer.explain(x, methods=["latent_shift"], targets=[target] * x.shape[0],
                                         options={"latent_shift": variants[name]})
 
     def bind(name: str) -> Callable[[], None]:
@@ -82,12 +107,12 @@ def samples(fns: dict[str, Callable[[], Any]], repeats: int) -> common.Timings:
     return common.interleaved(fns, repeats=max(repeats - 1, 0), warmup=1, slow_s=0.0, slow_repeats=repeats)
 
 
-def part_a(explainer: cxrexplain.Explainer, x: torch.Tensor, repeats: int, cap: float,
+def part_a(explainer: cxrexplain.Explainer, x: torch.Tensor, target: int, repeats: int, cap: float,
            searches: tuple[str, ...]) -> dict[str, Any]:
     variants = {name: {"direction": "sigmoid", "search": name, "max_lambda": cap, "step": 10.0}
                 for name in searches}
     store: dict[str, ExplanationResult] = {}
-    timings = samples(shift_calls(explainer, x, variants, store), repeats)
+    timings = samples(shift_calls(explainer, x, target, variants, store), repeats)
     out = {name: {**summarize(store[name]), "seconds": timings.seconds[name],
                   "time_over_fast": timings.ratio(name, "fast"), "spread": timings.spread(name)}
            for name in variants}
@@ -98,12 +123,12 @@ def part_a(explainer: cxrexplain.Explainer, x: torch.Tensor, repeats: int, cap: 
     return out
 
 
-def part_b(explainer: cxrexplain.Explainer, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+def part_b(explainer: cxrexplain.Explainer, x: torch.Tensor, target: int, repeats: int) -> dict[str, Any]:
     variants = {"ours (logit, fast, batched)": {},
                 "paper (sigmoid, App. C walk, batch 1)": {"direction": "sigmoid", "search": "app_c",
                                                           "batch_size": 1}}
     store: dict[str, ExplanationResult] = {}
-    timings = samples(shift_calls(explainer, x, variants, store), repeats)
+    timings = samples(shift_calls(explainer, x, target, variants, store), repeats)
     ours = "ours (logit, fast, batched)"
     return {name: {**summarize(store[name]), "seconds": timings.seconds[name],
                    "time_over_ours": timings.ratio(name, ours), "spread": timings.spread(name)}
@@ -142,26 +167,34 @@ def part_c(clf: cxrexplain.ClassifierBundle, ae: cxrexplain.AutoencoderBundle, s
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     common.set_threads(args.threads)
-    clf, ae, size = models(args.quick)
-    explainer = cxrexplain.Explainer(clf, autoencoder=ae, device="cpu")
-    torch.manual_seed(1)
-    x = clf.input_spec.from_unit(torch.rand(1, 1, size, size))  # unit-space noise in the classifier's space
-    results: dict[str, Any] = {"machine": common.machine(), "args": vars(args), "size": size}
-    log.info("(a) sigmoid direction: reference walk, App. C, fast")
-    results["a"] = part_a(explainer, x, args.repeats, args.max_lambda, tuple(args.searches))
+    if args.weights:
+        explainer, x, target, case = trained_case(args.weights, args.autoencoder)
+        size = explainer.bundle.input_spec.size
+    else:
+        clf, ae, size = models(args.quick)
+        explainer = cxrexplain.Explainer(clf, autoencoder=ae, device="cpu")
+        torch.manual_seed(1)
+        x = clf.input_spec.from_unit(torch.rand(1, 1, size, size))  # unit-space noise in the classifier's space
+        target, case = TARGET, f"random weights, noise image, label {TARGET}"
+    results: dict[str, Any] = {"machine": common.machine(), "args": {k: str(v) for k, v in vars(args).items()},
+                               "size": size, "case": case, "max_lambda": args.max_lambda}
+    log.info("(a) sigmoid direction: reference walk, App. C, fast (%s)", case)
+    results["a"] = part_a(explainer, x, target, args.repeats, args.max_lambda, tuple(args.searches))
     log.info("(b) logit/fast vs the paper's App. C, un-batched")
-    results["b"] = part_b(explainer, x, args.repeats)
-    log.info("(c) decoder batch sweep")
-    results["c"] = part_c(clf, ae, size, args.repeats + 2)
+    results["b"] = part_b(explainer, x, target, args.repeats)
+    if not args.weights:
+        log.info("(c) decoder batch sweep")
+        results["c"] = part_c(clf, ae, size, args.repeats + 2)
     return results
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
     out = [common.header(f"Latent Shift search and decoder batching ({results['size']} px)", command,
                          results["machine"])]
+    out.append(f"\nCase: {results['case']}.\n")
     a = results["a"]
     out.append("\n(a) direction = sigmoid, cap |λ| <= "
-               f"{results['args']['max_lambda']:g}, one image; passes = decode+classify evaluations "
+               f"{results['max_lambda']:g}, one image; passes = decode+classify evaluations "
                "(direction + search + K = 10 frames), time = the whole explain call:\n")
     out.append(common.table(
         ["search", "λ range", "passes", "search passes", "passes / fast", "search passes / fast",
@@ -175,7 +208,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
     out.append(common.table(["procedure", "λ range", "passes", "time / ours", "spread"],
                             [[name, f"[{r['lambda_range'][0]:g}, {r['lambda_range'][1]:g}]", r["passes"],
                               r["time_over_ours"], f"{r['spread']:.0%}"] for name, r in b.items()]))
-    c = results["c"]
+    c = results.get("c")
+    if c is None:
+        return "\n".join(out) + "\n"
     best = min(c, key=lambda k: c[k]["decode_ms_per_image"])
     best_dc = min(c, key=lambda k: c[k]["decode_classify_ms_per_image"])
     out.append(f"\n(c) per-image time relative to batch 1 (decode fastest per image at batch {best}, "
@@ -199,10 +234,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--searches", nargs="*", default=["reference_walk", "app_c", "fast"],
                    help="(a)'s searches; add 'exhaustive' (our stop rule walked step by step: fast's bounds, "
                    "up to 2 x 100 search passes)")
+    p.add_argument("--weights", type=Path, help="trained classifier weights (with sidecar) instead of random")
+    p.add_argument("--autoencoder", type=Path, help="trained autoencoder weights, with --weights")
     p.add_argument("--json", help="also write every figure here")
     p.add_argument("--max-load", type=float, default=0.0,
                    help="wait (up to 30 min) for the 1-min load average to fall below this before starting")
     args = p.parse_args(argv)
+    if bool(args.weights) != bool(args.autoencoder):
+        p.error("--weights and --autoencoder go together")
     if args.quick:
         args.repeats = 1
     return args

@@ -178,6 +178,28 @@ def test_fast_search_on_a_grid_it_cannot_leave_within_the_cap() -> None:
     assert res.extras["lower_bound_reached"].all()
 
 
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_a_flat_prediction_walks_on_to_the_cap_and_fast_gets_there_in_log_steps(sign: int) -> None:
+    """A saturated sigmoid is flat: like the published walks, ours continue on a step that does not move the
+    prediction, so both sides reach the cap; the fast search gets the same bound in O(log(cap / step))."""
+    from cxrexplain.lambda_search import StopRule, fast, run_searches, walk
+
+    def rule() -> StopRule:
+        return StopRule(sign=sign, p0=0.999, threshold=0.7 if sign < 0 else 1.05, step=10.0, cap=1000.0)
+
+    calls: list[float] = []
+
+    def flat(rows, lams) -> torch.Tensor:
+        calls.extend(lams)
+        return torch.full((len(lams),), 0.999, dtype=torch.float64)
+
+    (walked,) = run_searches([(0, walk(rule()))], [0.999], flat)
+    walk_calls, calls[:] = len(calls), []
+    (probed,) = run_searches([(0, fast(rule()))], [0.999], flat)
+    assert walked.lam == probed.lam == sign * 1000.0 and not walked.reached and not probed.reached
+    assert walk_calls == 100 and len(calls) == 5  # k = 1, 4, 16, 64, then the cap (100)
+
+
 def app_c_as_published(p: Callable[[float], float], cap: float = 1000.0) -> float:
     """003 App. C, plain loop: from 0 in steps of -10; stop on a rise, a fall of more than 0.5, or λ <= -1000."""
     initial = last = p(0.0)
