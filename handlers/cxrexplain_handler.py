@@ -138,6 +138,7 @@ class CxrExplainHandler(BaseHandler):
             value = headers.get(name)
             return value if isinstance(value, str) else None
 
+        rest = "explain" in headers  # TorchServe's REST path always sets it ("True"/"False"); gRPC never
         return RowRequest(
             body=item.get(key),
             content_type=content_type or None,
@@ -145,9 +146,9 @@ class CxrExplainHandler(BaseHandler):
             request_id=header("x-request-id") or context.get_request_id(i) or new_request_id(),
             explain_flag=header("explain") == "True",
             accept=header("accept"),
-            rest="explain" in headers,  # TorchServe's REST path always sets it ("True"/"False"); gRPC never
+            rest=rest,
             # gRPC StreamPredictions2 carries a sequence id; on a sequence-batching model REST requests get one too
-            can_stream=bool(header(sequence_key)) and "explain" not in headers,
+            can_stream=bool(header(sequence_key)) and not rest,
         )
 
 
