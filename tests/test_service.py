@@ -393,6 +393,10 @@ def test_onnx_backend_serves_predictions(bundle, tmp_path):
                       output_names=["logits"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
     predictor = OnnxPredictor(path)
     assert predictor.providers == ["CPUExecutionProvider"]
+    # ONNX Runtime's threads must not spin after a run: they would slow the torch explanation that follows
+    options = predictor.session.get_session_options()
+    for pool in ("intra", "inter"):
+        assert options.get_session_config_entry(f"session.{pool}_op.allow_spinning") == "0"
     svc = ExplainService(bundle, model_name="m", model_version="1", device="cpu", predict_backend=predictor)
     (_, a), (_, b) = answer(svc, row(), row(body=png(seed=5)))
     for msg, data in ((a, png()), (b, png(seed=5))):
