@@ -404,6 +404,27 @@ def test_onnx_backend_serves_predictions(bundle, tmp_path):
                                    atol=1e-5)
 
 
+def test_the_default_target_comes_from_the_explanations_own_forward(bundle):
+    """No prediction pass for the default target (the top finding): one forward serves findings and target,
+    even with a predictions backend; ``positive`` still needs the findings first."""
+    calls = []
+
+    def backend(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        with torch.inference_mode():
+            return torch.sigmoid(bundle.module(x))
+
+    svc = ExplainService(bundle, model_name="m", model_version="1", device="cpu", predict_backend=backend)
+    (r, msg), (r2, msg2) = answer(svc, row(methods="cam"), row(body=png(seed=5), methods="cam", request_id="r2"))
+    assert calls == [] and "predict" not in r.timings_ms
+    for message, data in ((msg, png()), (msg2, png(seed=5))):
+        expected = eager_probabilities(bundle, data)
+        np.testing.assert_allclose([f.probability for f in message.findings], expected, atol=1e-5)
+        assert list(message.targets) == [LABELS[int(expected.argmax())]] and len(message.heatmaps) == 1
+    answer(svc, row(methods="cam", targets="positive"))
+    assert calls == [1]
+
+
 def test_telemetry_counts_requests_methods_and_decode_errors(bundle):
     events = []
     svc = ExplainService(bundle, model_name="m", model_version="1", device="cpu",

@@ -101,15 +101,19 @@ class Explainer:
             raise InvalidInput("the input contains NaN or Inf values")
         return x.to(self.device, torch.float32)
 
-    def resolve_targets(self, targets: Target | Sequence[Target] | None, n: int, logits: torch.Tensor) -> torch.Tensor:
-        """One label index per row; ``None`` explains each row's most probable finding."""
+    def resolve_targets(
+        self, targets: Target | Sequence[Target | None] | None, n: int, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """One label index per row; ``None`` (for all rows, or in a row's place) explains that row's most
+        probable finding, read from this forward pass."""
+        top = logits.detach().argmax(dim=1)
         if targets is None:
-            return logits.detach().argmax(dim=1)
+            return top
         if isinstance(targets, str | int):
             targets = [targets] * n
         if len(targets) != n:
             raise InvalidInput(f"{len(targets)} targets for {n} rows: give one target per row")
-        index = [self.bundle.label_index(t) for t in targets]
+        index = [int(top[i]) if t is None else self.bundle.label_index(t) for i, t in enumerate(targets)]
         return torch.tensor(index, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
@@ -121,7 +125,7 @@ class Explainer:
         self,
         x: torch.Tensor,
         methods: Sequence[str] = ("cam",),
-        targets: Target | Sequence[Target] | None = None,
+        targets: Target | Sequence[Target | None] | None = None,
         options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ExplanationResult:
         """Run the requested methods on one forward pass.

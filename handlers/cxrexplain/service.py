@@ -113,6 +113,11 @@ class Predictor(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+TOP_FINDING = -1
+"""A row's target before its explanation runs: its most probable finding, read from the explanation's own
+forward pass (no separate prediction pass for the default target)."""
+
+
 class OnnxPredictor:
     """ONNX Runtime session over the archive's ``model.onnx`` (input ``x``, output logits).
 
@@ -458,10 +463,12 @@ class ExplainService:
     # ----------------------------------------------------------------------------- stage 2: predict
 
     def _needs_probabilities(self, w: _Work) -> bool:
+        """Findings before the explanation: a predictions row, a stream (findings go first), or targets that
+        depend on them. The default target, the top finding, comes from the explanation's own forward pass."""
         if w.kind == "predict" or w.stream:
             return True
         opts = w.options
-        return opts.positive or opts.top_k is not None or not opts.targets
+        return opts.positive or opts.top_k is not None
 
     def _predict(self, work: list[_Work]) -> None:
         rows = [w for w in work if w.live and w.kind != "describe" and self._needs_probabilities(w)]
@@ -507,6 +514,8 @@ class ExplainService:
                 chosen += torch.argsort(p, descending=True)[: opts.top_k].tolist()
             if not opts.has_targets:
                 chosen.append(int(p.argmax()))
+        elif not opts.has_targets:
+            chosen.append(TOP_FINDING)
         w.targets = list(dict.fromkeys(int(t) for t in chosen))
         self._check_caps(w)
 
@@ -596,6 +605,9 @@ class ExplainService:
         offset = 0
         for w in rows:
             w.result, w.offset = result, offset
+            w.targets = result.targets[offset : offset + len(w.targets)]  # TOP_FINDING resolved
+            if w.probabilities is None:
+                w.probabilities = result.probabilities[offset : offset + 1]
             offset += len(w.targets)
             w.timings["explain"] = elapsed
         per_method = result.extras.get("timings_ms") if isinstance(result.extras.get("timings_ms"), dict) else None
@@ -608,7 +620,7 @@ class ExplainService:
 
     def _run_explain(self, rows: list[_Work]) -> ExplanationResult:
         xs = [w.x.expand(len(w.targets), -1, -1, -1) for w in rows if w.x is not None]
-        targets = [t for w in rows for t in w.targets]
+        targets = [None if t == TOP_FINDING else t for w in rows for t in w.targets]
         with torch.enable_grad():
             return self.explainer.explain(torch.cat(xs), methods=list(rows[0].methods), targets=targets,
                                           options=rows[0].method_options)
