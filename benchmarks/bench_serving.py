@@ -8,8 +8,8 @@ One DenseNet-121 (random weights, 14 labels, torchvision's 3-channel spec, 224 p
 path. The server is started with ``export.launcher.TorchServe`` on free ports; requests carry the inference
 key.
 
-1. Serving overhead: a CAM explanation request over REST as the client SDK sends it (the 512 px 8-bit PNG as
-   the body, ``methods=cam`` in the query, the default target = the top finding) to ``dn-b1``, end to end from
+1. Serving overhead: a CAM explanation request over REST as the client SDK sends it (multipart: the 512 px
+   8-bit PNG in ``data``, ``methods=cam``; the default target = the top finding) to ``dn-b1``, end to end from
    the client, against :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same
    weights, same ONNX predictor, torch threads as the worker); alternating blocks of back-to-back calls (see
    :func:`overhead`), median of ``--requests`` each; and the handler's own time, from the worker's request log.
@@ -91,12 +91,11 @@ def worker_pid(server: Any, name: str) -> int:
 
 def explain_request(client: httpx.Client, server: Any, model: str, image: bytes,
                     request_id: str | None = None) -> float:
-    """One CAM explanation the way the client SDK sends it: the PNG as the body, options in the query."""
-    headers = {**server.headers(), "Content-Type": "image/png",
-               **({"x-request-id": request_id} if request_id else {})}
+    """One CAM explanation the way the client SDK sends it: multipart, the PNG in ``data``."""
+    headers = {**server.headers(), **({"x-request-id": request_id} if request_id else {})}
     start = time.perf_counter()
-    r = client.post(f"{server.url}/explanations/{model}", params={"methods": "cam"}, content=image,
-                    headers=headers, timeout=300)
+    r = client.post(f"{server.url}/explanations/{model}", files={"data": ("x.png", image, "image/png")},
+                    data={"methods": "cam"}, headers=headers, timeout=300)
     elapsed = time.perf_counter() - start
     if r.status_code != 200:
         raise RuntimeError(f"{model}: HTTP {r.status_code}: {r.text[:300]}")

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -417,25 +416,22 @@ def test_to_dicom_secondary_capture() -> None:
 
 
 # --------------------------------------------------------------------------------------------------- REST
-def _query(rec: Recorded) -> tuple[str, dict[str, str]]:
-    """(path, options) of a request whose options travel as URL query parameters."""
-    parts = urllib.parse.urlsplit(rec.path)
-    return parts.path, dict(urllib.parse.parse_qsl(parts.query, strict_parsing=True))
-
-
-def test_rest_explain_sends_the_image_raw_with_options_in_the_query(http_server: tuple[str, HttpState]) -> None:
+def test_rest_explain_sends_multipart_and_parses_binary(http_server: tuple[str, HttpState]) -> None:
     url, state = http_server
     img = png_bytes()
     with cx.ExplainClient(url, token="tok", retry_policy=FAST) as client:
         ex = client.explain(img, "m", methods=["cam", "rap"], targets=["A", 1], heatmap_dtype="float32", frames=5)
     assert set(ex.results) == {"A", "B"}
     rec = state.requests[-1]
-    path, options = _query(rec)
-    assert rec.method == "POST" and path == "/predictions/m"
+    assert rec.method == "POST" and rec.path == "/predictions/m"
     assert rec.headers["Authorization"] == "Bearer tok"
     assert rec.headers["Accept"] == codec.PROTOBUF_MEDIA_TYPE
-    assert rec.headers["Content-Type"] == "image/png" and rec.body == img
-    assert options == {"methods": "cam,rap", "targets": "A,1", "heatmap_dtype": "float32", "frames": "5"}
+    assert rec.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    fields = _multipart_fields(rec)
+    assert set(fields) == {"data", "methods", "targets", "heatmap_dtype", "frames"}
+    assert fields["data"] == (img, "image/png")
+    assert fields["methods"][0] == b"cam,rap" and fields["targets"][0] == b"A,1"
+    assert fields["heatmap_dtype"][0] == b"float32" and fields["frames"][0] == b"5"
 
 
 def test_rest_predict_sends_raw_body_and_array_as_npy(http_server: tuple[str, HttpState]) -> None:
@@ -769,8 +765,8 @@ def test_cli_explain_writes_files(http_server: tuple[str, HttpState], tmp_path: 
         ]
     )
     assert code == 0
-    _, options = _query(state.requests[-1])
-    assert options["methods"] == "cam,rap" and options["targets"] == "A"
+    fields = _multipart_fields(state.requests[-1])
+    assert fields["methods"][0] == b"cam,rap" and fields["targets"][0] == b"A"
     assert state.requests[-1].headers["Authorization"] == "Bearer tok"
     for name in ("A_cam.png", "A_rap.png", "B_cam.png", "A_latent_shift.gif", "summary.json"):
         assert (out / name).exists(), name

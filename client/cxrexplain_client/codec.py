@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 import numpy as np
 from google.protobuf import json_format
@@ -163,11 +162,10 @@ def build_options(
 
 @dataclass(frozen=True)
 class RestBody:
-    """An HTTP request body, its ``Content-Type``, and the options as a URL query (``"?k=v&..."`` or "")."""
+    """An HTTP request body and its ``Content-Type``."""
 
     content: bytes
     content_type: str
-    query: str = ""
 
 
 def encode_multipart(fields: Mapping[str, str], image: EncodedImage | None) -> RestBody:
@@ -191,13 +189,9 @@ def encode_multipart(fields: Mapping[str, str], image: EncodedImage | None) -> R
 
 
 def rest_body(image: EncodedImage | None, options: Mapping[str, str]) -> RestBody:
-    """The image as the raw body and the options as URL query parameters; multipart only without an image.
-
-    TorchServe hands query parameters to the handler like multipart fields, and decoding multipart costs its
-    Java frontend about 10 ms of CPU per request (BENCHMARKS.md, serving), time the worker then lacks.
-    """
-    if image is not None:
-        return RestBody(image.data, image.content_type, f"?{urlencode(options)}" if options else "")
+    """Raw image body when there are no options, multipart otherwise."""
+    if image is not None and not options:
+        return RestBody(image.data, image.content_type)
     return encode_multipart(options, image)
 
 
