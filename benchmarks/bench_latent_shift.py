@@ -195,7 +195,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
     a = results["a"]
     out.append("\n(a) direction = sigmoid, cap |λ| <= "
                f"{results['max_lambda']:g}, one image; passes = decode+classify evaluations "
-               "(direction + search + K = 10 frames), time = the whole explain call:\n")
+               "(direction + search + the K = 10 frames the search did not already decode), time = the whole "
+               "explain call:\n")
     out.append(common.table(
         ["search", "λ range", "passes", "search passes", "passes / fast", "search passes / fast",
          "time / fast", "spread"],

@@ -184,24 +184,36 @@ class LatentShift(Method):
         batch = self.batch_size or (CUDA_BATCH if ctx.x.device.type == "cuda" else CPU_BATCH)
         shifter = Shifter(ctx.bundle, ctx.autoencoder, ctx.x, ctx.targets, batch)
         grad, p0, x0 = shifter.directions(self.direction)
+        p0_list = p0.tolist()
+        n = len(p0_list)
+        # Every evaluated (row, λ) keeps its image: the frames at the two bounds (and at λ = 0, D(E(x))) were
+        # already decoded by the search, so they are not decoded again.
+        seen: dict[tuple[int, float], tuple[float, torch.Tensor]] = {
+            (row, 0.0): (p0_list[row], x0[row]) for row in range(n)}
 
         def probabilities(rows: Sequence[int], lams: Sequence[float]) -> torch.Tensor:
-            return shifter.evaluate(rows, lams, grad)[0]
+            probs, images = shifter.evaluate(rows, lams, grad, keep_images=True)
+            assert images is not None
+            seen.update({(r, lam): (p, image) for r, lam, p, image in zip(rows, lams, probs.tolist(), images,
+                                                                          strict=True)})
+            return probs
 
-        p0_list = p0.tolist()
         bounds = run_searches(self._searches(p0_list), p0_list, probabilities)
-        n = len(p0_list)
         if self.search in ("fast", "exhaustive"):
             lower, upper = bounds[0::2], bounds[1::2]
         else:
             lower, upper = bounds, [Bound(0.0, False)] * n
         search_passes = shifter.passes - n
-        lambdas = torch.stack([torch.linspace(lo.lam, hi.lam, self.frames) for lo, hi in zip(lower, upper,
-                                                                                            strict=True)])
-        rows = torch.arange(n).repeat_interleave(self.frames)
-        probs, images = shifter.evaluate(rows.tolist(), lambdas.flatten().tolist(), grad, keep_images=True)
-        assert images is not None
-        frames = images.clamp(0, 1).view(n, self.frames, *shifter.size)
+        # float64 keeps the bounds exactly as the search evaluated them (the keys of ``seen``)
+        lambdas = torch.stack([torch.linspace(lo.lam, hi.lam, self.frames, dtype=torch.float64)
+                               for lo, hi in zip(lower, upper, strict=True)])
+        wanted = [(row, lam) for row in range(n) for lam in lambdas[row].tolist()]
+        missing = [key for key in dict.fromkeys(wanted) if key not in seen]
+        if missing:
+            probabilities([r for r, _ in missing], [lam for _, lam in missing])
+        probs = torch.tensor([seen[key][0] for key in wanted], device=p0.device)
+        frames = torch.stack([seen[key][1] for key in wanted]).clamp(0, 1).view(n, self.frames, *shifter.size)
+        lambdas = lambdas.float()
         x0 = x0.clamp(0, 1)
         target_p = ctx.probabilities.gather(1, ctx.targets[:, None])[:, 0]
         return MethodOutput(
