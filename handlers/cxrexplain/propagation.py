@@ -126,7 +126,7 @@ class LinearMap:
         if self.kind == "pointwise":  # a 1x1 conv as one batched matmul (CPU convolution takes a slow path)
             x = self._subsample(x)
             n, _, h, width = x.shape
-            return torch.matmul(w.flatten(1), x.reshape(n, -1, h * width)).view(n, -1, h, width)
+            return _batched_mm(w.flatten(1), x.reshape(n, -1, h * width)).view(n, -1, h, width)
         if self.kind == "linear":
             return F.linear(x, w)
         return x * w.view(-1, *([1] * (x.ndim - 2)))
@@ -140,7 +140,7 @@ class LinearMap:
             return _conv_transpose(s, w, like.shape, **self.conv)
         if self.kind == "pointwise":
             n, _, h, width = s.shape
-            t = torch.matmul(w.flatten(1).t(), s.reshape(n, -1, h * width)).view(n, -1, h, width)
+            t = _batched_mm(w.flatten(1).t(), s.reshape(n, -1, h * width)).view(n, -1, h, width)
             if self.stride == (1, 1):
                 return t
             # a strided 1x1 conv reads every stride-th pixel: its transpose writes there, zeros elsewhere
@@ -194,6 +194,12 @@ class LinearMap:
         if xn is None:
             return r
         return r.addcmul_(xn, self.transpose(s_pos, xn, self.w_neg).add_(self.transpose(s_neg, xn, self.w_pos)))
+
+
+def _batched_mm(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w @ x[i]`` for every sample of (N, K, M) ``x``; one plain matrix product at N = 1 (a broadcast batched
+    product of one sample took 1.4x as long with two threads here)."""
+    return (w @ x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.matmul(w, x)
 
 
 def _conv_transpose(s: torch.Tensor, w: torch.Tensor, shape: torch.Size, stride: Any, padding: Any,
