@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from .recipe import STREAM_SUFFIX
+
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "model_store" / "config.properties"
 
 
@@ -202,7 +204,7 @@ def _cli_start(args: argparse.Namespace) -> int:
     server = TorchServe(Path(args.store), run_dir, host=args.host)
     server.start(timeout=args.timeout)
     names = [p.stem for p in sorted(Path(args.store).glob("*.mar"))]
-    first = next((n for n in names if not n.endswith("-ae")), names[0] if names else "MODEL")
+    first = next((n for n in names if not n.endswith(("-ae", STREAM_SUFFIX))), names[0] if names else "MODEL")
     print(f"TorchServe is up: REST {server.url}, gRPC {server.grpc_target}, metrics {server.metrics_url}")
     print(f"Models: {', '.join(names)}. Logs: {run_dir}/logs. Stop it with: make stop")
     read_key = f"python -c \"import json;print(json.load(open('{run_dir}/key_file.json'))['inference']['key'])\""
