@@ -252,12 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the raw figures (the Markdown goes to stdout)."""
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    if args.max_load:
-        common.wait_for_quiet(args.max_load, 1800)
-    results = run(args)
-    common.save_json(args.json, results)
-    sys.stdout.write(markdown(results, common.command_line()))
-    return results
+    return common.report(args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -296,12 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "cxrexplain", "onnxscript", "torch.onnx"):  # per-request and exporter chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.max_load:
-        common.wait_for_quiet(args.max_load, 1800)
-    results = run(args)
-    common.save_json(args.json, results)
-    sys.stdout.write(markdown(results, common.command_line()))
-    return results
+    return common.report(args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -234,3 +234,15 @@ def command_line() -> str:
     """The command that produced this output, as a user would type it."""
     module = Path(sys.argv[0]).stem
     return " ".join(["python -m", f"benchmarks.{module}", *sys.argv[1:]])
+
+
+def report(args: Any, run: Callable[[Any], dict[str, Any]],
+           markdown: Callable[[dict[str, Any], str], str]) -> dict[str, Any]:
+    """A benchmark's command: wait for a quiet machine if ``--max-load`` asks, ``run``, save the JSON
+    (``--json``) and print the Markdown; returns the raw figures."""
+    if args.max_load:
+        wait_for_quiet(args.max_load, 1800)
+    results = run(args)
+    save_json(args.json, results)
+    sys.stdout.write(markdown(results, command_line()))
+    return results
