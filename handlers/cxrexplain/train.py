@@ -180,45 +180,25 @@ def train_classifier(
                           **(loss_params or {})).to(dev)
     train_set = materialize(dataset, progress, "rendering train set") if cache else dataset
     val_set = materialize(val_dataset, progress, "rendering val set") if (cache and val_dataset) else val_dataset
-    model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = _loader(train_set, batch_size, shuffle=True, seed=seed)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     report = TrainReport(config=dict(kind="classifier", epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
                                      loss_params=loss_params or {}, seed=seed, weight_decay=weight_decay,
                                      augment=augment, n_train=len(train_set)))  # type: ignore[arg-type]
-    start = time.perf_counter()
-    bar = tqdm(total=epochs * len(loader), desc="classifier", disable=not progress)
-    for epoch in range(epochs):
-        model.train()
-        total, count = 0.0, 0
-        for g, y in loader:
-            g, y = g.to(dev), y.to(dev)
-            if augment:
-                g = _augment(g.cpu(), aug_gen).to(dev)
-            batch_loss = criterion(model(input_spec.from_unit(g)), y)
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
-            sched.step()
-            total += float(batch_loss.detach()) * len(g)
-            count += len(g)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
-        report.epoch_losses.append(total / count)
-        if val_set is not None:
-            probs, ys = predict(model, input_spec, val_set, device=dev)
-            per_label = np.atleast_1d(metrics.auroc(probs, ys))
-            report.val_history.append(float(np.nanmean(per_label)))
-            if not names:
-                names = [str(i) for i in range(len(per_label))]
-            report.val_auroc = {n: float(a) for n, a in zip(names, per_label, strict=True)}
-            bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}", val_auroc=f"{report.val_history[-1]:.3f}")
-        log.info("classifier epoch %d/%d: loss %.4f", epoch + 1, epochs, report.epoch_losses[-1])
-    bar.close()
-    model.eval()
-    report.seconds = time.perf_counter() - start
-    return report
+
+    def validate() -> dict[str, str]:
+        nonlocal names
+        if val_set is None:
+            return {}
+        probs, ys = predict(model, input_spec, val_set, device=dev)
+        per_label = np.atleast_1d(metrics.auroc(probs, ys))
+        report.val_history.append(float(np.nanmean(per_label)))
+        if not names:
+            names = [str(i) for i in range(len(per_label))]
+        report.val_auroc = {n: float(a) for n, a in zip(names, per_label, strict=True)}
+        return {"val_auroc": f"{report.val_history[-1]:.3f}"}
+
+    return _fit(model, train_set, report, lambda g, y: criterion(model(input_spec.from_unit(g)), y), validate,
+                epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                augment=augment, aug_gen=aug_gen, device=dev, progress=progress)
 
 
 def _reconstruct(ae: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -260,40 +240,78 @@ def train_autoencoder(
     aug_gen = _seed_everything(seed)
     train_set = materialize(dataset, progress, "rendering train set") if cache else dataset
     val_set = materialize(val_dataset, progress, "rendering val set") if (cache and val_dataset) else val_dataset
-    ae.to(dev)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = _loader(train_set, batch_size, shuffle=True, seed=seed)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     report = TrainReport(config=dict(kind="autoencoder", epochs=epochs, batch_size=batch_size, lr=lr, loss=loss,
                                      seed=seed, weight_decay=weight_decay, augment=augment,
                                      n_train=len(train_set)))  # type: ignore[arg-type]
     criterion = losses[loss]
+
+    def reconstruction_loss(g: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        x = input_spec.from_unit(g)
+        return criterion(_reconstruct(ae, x), x)
+
+    def validate() -> dict[str, str]:
+        if val_set is not None:
+            report.val_mae = reconstruction_mae(ae, input_spec, val_set, device=dev)
+            report.val_history.append(report.val_mae)
+        return {}
+
+    return _fit(ae, train_set, report, reconstruction_loss, validate, epochs=epochs, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, seed=seed, augment=augment, aug_gen=aug_gen, device=dev,
+                progress=progress)
+
+
+def _fit(
+    module: nn.Module,
+    train_set: Dataset,
+    report: TrainReport,
+    batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    validate: Callable[[], dict[str, str]],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    augment: bool,
+    aug_gen: torch.Generator,
+    device: torch.device,
+    progress: bool,
+) -> TrainReport:
+    """The loop both trainers share: Adam, cosine-annealed learning rate, optional augmentation, a tqdm bar.
+
+    ``batch_loss(g, y)`` maps a unit-space batch and its labels to the loss; ``validate()`` runs after each
+    epoch, records into ``report`` and returns extra progress-bar fields.
+    """
+    kind = str(report.config["kind"])
+    module.to(device)
+    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    loader = _loader(train_set, batch_size, shuffle=True, seed=seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     start = time.perf_counter()
-    bar = tqdm(total=epochs * len(loader), desc="autoencoder", disable=not progress)
+    bar = tqdm(total=epochs * len(loader), desc=kind, disable=not progress)
     for epoch in range(epochs):
-        ae.train()
+        module.train()
         total, count = 0.0, 0
-        for g, _ in loader:
-            g = g.to(dev)
+        for g, y in loader:
+            g, y = g.to(device), y.to(device)
             if augment:
-                g = _augment(g.cpu(), aug_gen).to(dev)
-            x = input_spec.from_unit(g)
-            batch_loss = criterion(_reconstruct(ae, x), x)
+                g = _augment(g.cpu(), aug_gen).to(device)
+            loss = batch_loss(g, y)
             opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
+            loss.backward()
             opt.step()
             sched.step()
-            total += float(batch_loss.detach()) * len(g)
+            total += float(loss.detach()) * len(g)
             count += len(g)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
         report.epoch_losses.append(total / count)
-        if val_set is not None:
-            report.val_mae = reconstruction_mae(ae, input_spec, val_set, device=dev)
-            report.val_history.append(report.val_mae)
-        log.info("autoencoder epoch %d/%d: loss %.4f", epoch + 1, epochs, report.epoch_losses[-1])
+        extra = validate()
+        if extra:
+            bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}", **extra)
+        log.info("%s epoch %d/%d: loss %.4f", kind, epoch + 1, epochs, report.epoch_losses[-1])
     bar.close()
-    ae.eval()
+    module.eval()
     report.seconds = time.perf_counter() - start
     return report
 
