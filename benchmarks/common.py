@@ -25,12 +25,16 @@ from typing import Any
 
 import torch
 
+from cxrexplain import keep_freed_memory
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks")
 
 
 def set_threads(threads: int) -> None:
-    """Fix torch's intra-op threads (inter-op: 1) so every measurement of a run uses the same setting."""
+    """Fix torch's intra-op threads (inter-op: 1) so every measurement of a run uses the same setting, and
+    keep freed memory in the process as a serving worker does (:func:`cxrexplain.keep_freed_memory`)."""
+    keep_freed_memory()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)

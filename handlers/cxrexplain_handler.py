@@ -25,6 +25,7 @@ import torch
 from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
+from cxrexplain.allocator import keep_freed_memory
 from cxrexplain.autoencoder_service import AutoencoderService
 from cxrexplain.models import load_autoencoder, load_classifier
 from cxrexplain.service import (
@@ -56,6 +57,7 @@ class CxrExplainHandler(BaseHandler):
         else:
             self.device = torch.device("cpu")
         config = load_serve_config(model_dir)
+        keep_freed_memory()  # a worker serves many requests of similar sizes: reuse their memory
         if config.get("torch_threads"):
             torch.set_num_threads(int(config["torch_threads"]))
         manifest = (getattr(context, "manifest", None) or {}).get("model", {})

@@ -4,6 +4,7 @@ integration with the Explainer, no leaked state, clear errors."""
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from propagation_nets import (
 )
 
 import cxrexplain
+from cxrexplain import propagation
 from cxrexplain.methods.base import create
 from cxrexplain.methods.lrp import lrp_rules
 from cxrexplain.methods.rap import RAP_RULES
@@ -297,3 +299,44 @@ def test_unsupported_layer_names_node_and_type():
     explainer = cxrexplain.Explainer(model, device="cpu", labels=labels())
     with pytest.raises(cxrexplain.UnsupportedModel, match=r"lrp has no propagation rule .* LeakyReLU at '1'"):
         explainer.explain(torch.rand(1, 3, 16, 16), ["lrp"], targets=[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("choice", [0, 1])
+def test_pointwise_convolution_candidates_are_the_same_map(monkeypatch, stride, choice):
+    """A 1x1 conv runs as oneDNN's convolution or as matrix products, whichever is faster for the shape: both
+    must be the conv and its exact transpose (strided: every stride-th pixel, zeros elsewhere)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 1, stride=stride, bias=False)
+    layer = propagation._conv_map(conv, conv.weight.detach(), None)
+    assert layer.kind == "pointwise"
+    monkeypatch.setattr(propagation, "fastest", lambda key, like, candidates: candidates[choice]())
+    x = torch.randn(3, 6, 7, 7, requires_grad=True)
+    s = torch.randn(3, 4, *conv(x).shape[2:])
+    torch.testing.assert_close(layer.forward(x.detach()), conv(x).detach(), rtol=1e-5, atol=1e-6)
+    (expected,) = torch.autograd.grad(conv(x), x, s)
+    torch.testing.assert_close(layer.transpose(s, x.detach()), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fastest_times_each_candidate_once_per_shape_and_keeps_the_winner():
+    calls = {"slow": 0, "fast": 0}
+
+    def slow() -> torch.Tensor:
+        calls["slow"] += 1
+        time.sleep(0.02)
+        return torch.zeros(1)
+
+    def fast() -> torch.Tensor:
+        calls["fast"] += 1
+        return torch.ones(1)
+
+    like = torch.zeros(2, 3)
+    key = ("test", object())  # a key no other call uses
+    assert propagation.fastest(key, like, (slow, fast)).item() == 1.0
+    assert calls == {"slow": 2, "fast": 2}  # a warm-up and a timed run each
+    for _ in range(3):
+        assert propagation.fastest(key, like, (slow, fast)).item() == 1.0
+    assert calls == {"slow": 2, "fast": 5}
+    # off the CPU (CUDA; here the meta device stands in) the first candidate, untimed
+    assert propagation.fastest(("test", object()), torch.empty(1, device="meta"), (slow, fast)).item() == 0.0
+    assert calls["slow"] == 3

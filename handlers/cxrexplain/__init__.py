@@ -1,5 +1,6 @@
 """cxrexplain: a pure-PyTorch explanation engine for chest X-ray classifiers."""
 
+from .allocator import keep_freed_memory
 from .bundle import AutoencoderBundle, ClassifierBundle
 from .errors import (
     AutoencoderRequired,
@@ -36,6 +37,7 @@ __all__ = [
     "WeightsError",
     "XRV",
     "build_classifier",
+    "keep_freed_memory",
     "load_autoencoder",
     "load_classifier",
     "save_autoencoder",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import time
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -85,10 +86,10 @@ def per_sample_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``per_sample_sum(a * b)`` as a batched dot product, without the elementwise product in memory."""
-    n = a.shape[0]
-    dot = torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1))
-    return dot.view(-1, *([1] * (a.ndim - 1)))
+    """``per_sample_sum(a * b)`` as one dot product per sample, without the elementwise product in memory
+    (a batched ``bmm`` of (N, 1, K) by (N, K, 1) took 10x as long at N = 8 here)."""
+    dots = torch.stack([torch.dot(a[i].reshape(-1), b[i].reshape(-1)) for i in range(a.shape[0])])
+    return dots.view(-1, *([1] * (a.ndim - 1)))
 
 
 @dataclass
@@ -123,10 +124,10 @@ class LinearMap:
         w = self.weight if w is None else w
         if self.kind == "conv":
             return F.conv2d(x, w, None, **self.conv)
-        if self.kind == "pointwise":  # a 1x1 conv as one batched matmul (CPU convolution takes a slow path)
+        if self.kind == "pointwise":
             x = self._subsample(x)
-            n, _, h, width = x.shape
-            return _batched_mm(w.flatten(1), x.reshape(n, -1, h * width)).view(n, -1, h, width)
+            return fastest(("pointwise", w.shape, x.shape), x, (
+                lambda: F.conv2d(x, w), lambda: _pointwise_mm(w.flatten(1), x)))
         if self.kind == "linear":
             return F.linear(x, w)
         return x * w.view(-1, *([1] * (x.ndim - 2)))
@@ -139,8 +140,8 @@ class LinearMap:
                 return _vjp(lambda t: F.conv2d(t, w, None, **self.conv), like, s)
             return _conv_transpose(s, w, like.shape, **self.conv)
         if self.kind == "pointwise":
-            n, _, h, width = s.shape
-            t = _batched_mm(w.flatten(1).t(), s.reshape(n, -1, h * width)).view(n, -1, h, width)
+            t = fastest(("pointwise transposed", w.shape, s.shape), s, (
+                lambda: F.conv_transpose2d(s, w), lambda: _pointwise_mm(w.flatten(1).t(), s)))
             if self.stride == (1, 1):
                 return t
             # a strided 1x1 conv reads every stride-th pixel: its transpose writes there, zeros elsewhere
@@ -188,18 +189,49 @@ class LinearMap:
         weights among them). The rewrite is exact where it matters: a signal made huge by a clamped
         denominator (no contribution of that sign to neuron j) meets only weights that are exactly zero for
         every positive input i. For negative inputs it would not be (huge terms would cancel), so they take
-        ``W-`` explicitly.
+        ``W-`` explicitly. ``s_pos`` is overwritten.
         """
-        r = self.transpose(s_pos - s_neg, xp, self.w_pos).add_(self.transpose(s_neg, xp)).mul_(xp)
-        if xn is None:
-            return r
-        return r.addcmul_(xn, self.transpose(s_pos, xn, self.w_neg).add_(self.transpose(s_neg, xn, self.w_pos)))
+        from_negative = None if xn is None else \
+            self.transpose(s_pos, xn, self.w_neg).add_(self.transpose(s_neg, xn, self.w_pos)).mul_(xn)
+        r = self.transpose(s_pos.sub_(s_neg), xp, self.w_pos).add_(self.transpose(s_neg, xp)).mul_(xp)
+        return r if from_negative is None else r.add_(from_negative)
 
 
-def _batched_mm(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``w @ x[i]`` for every sample of (N, K, M) ``x``; one plain matrix product at N = 1 (a broadcast batched
-    product of one sample took 1.4x as long with two threads here)."""
-    return (w @ x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.matmul(w, x)
+def _pointwise_mm(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution of (N, C, H, W) ``x`` with the (C', C) matrix ``w`` as matrix products; one plain
+    product at N = 1 (a broadcast batched product of one sample took 1.4x as long with two threads here)."""
+    n, _, h, width = x.shape
+    flat = x.reshape(n, -1, h * width)
+    out = (w @ flat[0]).unsqueeze(0) if n == 1 else torch.matmul(w, flat)
+    return out.view(n, -1, h, width)
+
+
+_FASTEST: dict[tuple[Any, ...], int] = {}
+
+
+def fastest(key: tuple[Any, ...], like: torch.Tensor,
+            candidates: Sequence[Callable[[], torch.Tensor]]) -> torch.Tensor:
+    """The result of the fastest of equivalent ``candidates`` for this call shape, on the CPU timed the first
+    time the shape comes (one warm-up and one timed run each; the choice is kept for the process).
+
+    Why: for a 1x1 convolution on this 2-core CPU with two threads, oneDNN's convolution runs 1.7-2.7x faster
+    than a matrix product for most of ResNet-50's and DenseNet-121's shapes, but 4-5x slower for a few
+    (64 -> 256 channels at 56x56, batch 8); with one thread the two are equal. No rule on shapes alone
+    predicts that. Elsewhere (CUDA) the first candidate, the convolution, is used.
+    """
+    if like.device.type != "cpu":
+        return candidates[0]()
+    key = (*key, like.dtype, torch.get_num_threads())
+    if key in _FASTEST:
+        return candidates[_FASTEST[key]]()
+    timed = []
+    for fn in candidates:
+        fn()
+        start = time.perf_counter()
+        out = fn()
+        timed.append((time.perf_counter() - start, out))
+    _FASTEST[key] = min(range(len(timed)), key=lambda i: timed[i][0])
+    return timed[_FASTEST[key]][1]
 
 
 def _conv_transpose(s: torch.Tensor, w: torch.Tensor, shape: torch.Size, stride: Any, padding: Any,
