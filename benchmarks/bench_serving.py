@@ -8,8 +8,8 @@ One DenseNet-121 (random weights, 14 labels, torchvision's 3-channel spec, 224 p
 path. The server is started with ``export.launcher.TorchServe`` on free ports; requests carry the inference
 key.
 
-1. Serving overhead: a CAM explanation request over REST as the client SDK sends it (multipart: the 512 px
-   8-bit PNG in ``data``, ``methods=cam``; the default target = the top finding) to ``dn-b1``, end to end from
+1. Serving overhead: a CAM explanation request over REST as the client SDK sends it (the 512 px 8-bit PNG as
+   the body, ``methods=cam`` in the options header; the default target = the top finding) to ``dn-b1``, end to end from
    the client, against :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same
    weights, same ONNX predictor, torch threads as the worker); alternating blocks of back-to-back calls (see
    :func:`overhead`), median of ``--requests`` each; and the handler's own time, from the worker's request log.
@@ -45,6 +45,7 @@ from PIL import Image
 
 import cxrexplain
 from cxrexplain.service import ExplainService, OnnxPredictor, RowRequest
+from cxrexplain_client import codec
 
 from . import common
 
@@ -91,11 +92,11 @@ def worker_pid(server: Any, name: str) -> int:
 
 def explain_request(client: httpx.Client, server: Any, model: str, image: bytes,
                     request_id: str | None = None) -> float:
-    """One CAM explanation the way the client SDK sends it: multipart, the PNG in ``data``."""
-    headers = {**server.headers(), **({"x-request-id": request_id} if request_id else {})}
+    """One CAM explanation the way the client SDK sends it: the PNG as the body, the options in a header."""
+    body = codec.rest_body(codec.encode_image(image), {"methods": "cam"})
+    headers = {**server.headers(), **body.headers, **({"x-request-id": request_id} if request_id else {})}
     start = time.perf_counter()
-    r = client.post(f"{server.url}/explanations/{model}", files={"data": ("x.png", image, "image/png")},
-                    data={"methods": "cam"}, headers=headers, timeout=300)
+    r = client.post(f"{server.url}{codec.rest_path(model)}", content=body.content, headers=headers, timeout=300)
     elapsed = time.perf_counter() - start
     if r.status_code != 200:
         raise RuntimeError(f"{model}: HTTP {r.status_code}: {r.text[:300]}")
@@ -132,7 +133,7 @@ def overhead(server: Any, service: ExplainService, image: bytes, n: int, warmup:
     alike), which measures the two processes' interference, not the serving path. Back-to-back calls are the
     steady state of a served model; the blocks alternate so load drifts hit both sides.
     """
-    row = RowRequest(body=image, content_type="image/png", options={"methods": "cam"}, explain_flag=True)
+    row = RowRequest(body=image, content_type="image/png", header_options="methods=cam")
     rest: dict[str, float] = {}
     local: list[float] = []
     with httpx.Client() as client:

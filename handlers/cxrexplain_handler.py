@@ -28,6 +28,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from cxrexplain.allocator import keep_freed_memory
 from cxrexplain.autoencoder_service import AutoencoderService
 from cxrexplain.models import load_autoencoder, load_classifier
+from cxrexplain.options import OPTIONS_HEADER
 from cxrexplain.service import (
     ExplainService,
     OnnxPredictor,
@@ -151,6 +152,7 @@ class CxrExplainHandler(BaseHandler):
             rest=rest,
             # gRPC StreamPredictions2 carries a sequence id; on a sequence-batching model REST requests get one too
             can_stream=bool(header(sequence_key)) and not rest,
+            header_options=header(OPTIONS_HEADER) if rest else None,
         )
 
 

@@ -7,8 +7,6 @@ scripted responses built from the wire schema.
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import importlib.util
 import io
 import json
@@ -17,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -172,7 +171,7 @@ def _handler(state: HttpState) -> type[BaseHTTPRequestHandler]:
                     doc["nextPageToken"] = "1"
                 return self._answer(200, {"Content-Type": "application/json"}, json.dumps(doc).encode())
             msg = state.default
-            if b'name="describe"' in body:
+            if "describe=true" in (self.headers.get(codec.OPTIONS_HEADER) or ""):
                 msg = make_description()
             if self.headers.get("Accept") == codec.PROTOBUF_MEDIA_TYPE:
                 return self._answer(200, {"Content-Type": codec.PROTOBUF_MEDIA_TYPE}, msg.SerializeToString())
@@ -198,17 +197,12 @@ def http_server() -> Iterator[tuple[str, HttpState]]:
         server.server_close()
 
 
-def _multipart_fields(rec: Recorded) -> dict[str, tuple[bytes, str | None]]:
-    raw = f"Content-Type: {rec.headers['Content-Type']}\r\n\r\n".encode() + rec.body
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(raw)
-    assert msg.is_multipart()
-    out: dict[str, tuple[bytes, str | None]] = {}
-    for part in msg.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        assert isinstance(payload, bytes)
-        out[str(name)] = (payload, part.get_content_type())
-    return out
+def _header_options(rec: Recorded) -> dict[str, str]:
+    """The options of a recorded REST request: URL-encoded in the options header, each key once."""
+    header = next(v for k, v in rec.headers.items() if k.lower() == codec.OPTIONS_HEADER.lower())
+    pairs = urllib.parse.parse_qsl(header, keep_blank_values=True, strict_parsing=True)
+    assert len({k for k, _ in pairs}) == len(pairs)
+    return dict(pairs)
 
 
 # ----------------------------------------------------------------------------------------------- gRPC server
@@ -416,7 +410,7 @@ def test_to_dicom_secondary_capture() -> None:
 
 
 # --------------------------------------------------------------------------------------------------- REST
-def test_rest_explain_sends_multipart_and_parses_binary(http_server: tuple[str, HttpState]) -> None:
+def test_rest_explain_sends_raw_body_with_options_header_and_parses_binary(http_server: tuple[str, HttpState]) -> None:
     url, state = http_server
     img = png_bytes()
     with cx.ExplainClient(url, token="tok", retry_policy=FAST) as client:
@@ -426,12 +420,9 @@ def test_rest_explain_sends_multipart_and_parses_binary(http_server: tuple[str, 
     assert rec.method == "POST" and rec.path == "/predictions/m"
     assert rec.headers["Authorization"] == "Bearer tok"
     assert rec.headers["Accept"] == codec.PROTOBUF_MEDIA_TYPE
-    assert rec.headers["Content-Type"].startswith("multipart/form-data; boundary=")
-    fields = _multipart_fields(rec)
-    assert set(fields) == {"data", "methods", "targets", "heatmap_dtype", "frames"}
-    assert fields["data"] == (img, "image/png")
-    assert fields["methods"][0] == b"cam,rap" and fields["targets"][0] == b"A,1"
-    assert fields["heatmap_dtype"][0] == b"float32" and fields["frames"][0] == b"5"
+    assert rec.headers["Content-Type"] == "image/png" and rec.body == img
+    assert _header_options(rec) == {"methods": "cam,rap", "targets": "A,1", "heatmap_dtype": "float32",
+                                    "frames": "5"}
 
 
 def test_rest_predict_sends_raw_body_and_array_as_npy(http_server: tuple[str, HttpState]) -> None:
@@ -594,7 +585,7 @@ def test_rest_health_models_describe_and_token_file(http_server: tuple[str, Http
     assert desc.labels == ["A", "B"] and desc.has_autoencoder and desc.input_spec["size"] == 224
     assert [m.name for m in models] == ["m0", "m1"]  # both pages
     describe_req = state.requests[1]
-    assert _multipart_fields(describe_req) == {"describe": (b"true", "text/plain")}
+    assert _header_options(describe_req) == {"describe": "true"} and describe_req.body == b""
     state.token = "other"
     with cx.ExplainClient(url, token="wrong", retries=0) as client, pytest.raises(cx.Unauthorized):
         client.health()
@@ -765,8 +756,8 @@ def test_cli_explain_writes_files(http_server: tuple[str, HttpState], tmp_path: 
         ]
     )
     assert code == 0
-    fields = _multipart_fields(state.requests[-1])
-    assert fields["methods"][0] == b"cam,rap" and fields["targets"][0] == b"A"
+    fields = _header_options(state.requests[-1])
+    assert fields["methods"] == "cam,rap" and fields["targets"] == "A"
     assert state.requests[-1].headers["Authorization"] == "Bearer tok"
     for name in ("A_cam.png", "A_rap.png", "B_cam.png", "A_latent_shift.gif", "summary.json"):
         assert (out / name).exists(), name

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,8 @@ import yaml
 from PIL import Image
 
 from cxrexplain.models import save_autoencoder, save_classifier
+from cxrexplain.options import OPTIONS_HEADER
+from cxrexplain_client import codec
 from cxrexplain_client._proto import explain_pb2, inference_pb2, inference_pb2_grpc
 from export import cli as export_cli
 from export.launcher import Ports, TorchServe
@@ -125,6 +128,25 @@ def test_rest_explanations_every_method(server, image):
     (shift,) = msg.latent_shifts
     assert len(shift.frames) == 5 and len(shift.lambdas) == 5
     assert list(shift.lambdas) == sorted(shift.lambdas)
+
+
+def test_options_header_through_the_frontend(server, image):
+    """Raw body + the URL-encoded options header (the client SDK's form) through TorchServe's frontend: the same
+    answer as multipart fields; an option given both ways is 422."""
+    assert codec.OPTIONS_HEADER.lower() == OPTIONS_HEADER  # what the SDK sends is what the handler reads
+    options = {"methods": "cam,rap", "targets": "Mass"}
+    header = {"Content-Type": "image/png", codec.OPTIONS_HEADER: urllib.parse.urlencode(options)}
+    by_header = post(server, "/predictions/cxr", content=image, headers=header)
+    by_fields = explain_rest(server, image, **options)
+    assert by_header.status_code == by_fields.status_code == 200, by_header.text
+    a, b = parse(by_header), parse(by_fields)
+    assert [(h.method, h.target) for h in a.heatmaps] == [(h.method, h.target) for h in b.heatmaps] == [
+        ("cam", "Mass"), ("rap", "Mass")]
+    for x, y in zip(a.heatmaps, b.heatmaps, strict=True):
+        np.testing.assert_allclose(as_array(x.map), as_array(y.map), rtol=1e-3, atol=1e-4)
+    both = post(server, "/explanations/cxr", files={"data": ("x.png", image, "image/png")},
+                data={"methods": "cam"}, headers={OPTIONS_HEADER: "methods=lrp"})
+    assert both.status_code == 422 and "given twice" in both.json()["error"]["message"]
 
 
 def test_binary_protobuf_and_png_heatmaps(server, image):

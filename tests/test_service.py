@@ -15,7 +15,7 @@ from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
 from cxrexplain.imageio import decode_image, to_model_input
 from cxrexplain.models import build_classifier
-from cxrexplain.options import PROTOBUF, parse_options
+from cxrexplain.options import PROTOBUF, parse_options, with_header_options
 from cxrexplain.service import CostCaps, ExplainService, OnnxPredictor, RowRequest, decode
 from cxrexplain.spec import unit_spec
 from cxrexplain.telemetry import DECODE_ERRORS, METHOD_LATENCY, RECONSTRUCTION_GAP, REQUESTS, Telemetry
@@ -448,6 +448,27 @@ def test_options_parse_every_transport_form():
     assert as_bytes.targets == as_text.targets == ("Mass", "3") and as_bytes.positive and as_text.positive
     assert parse_options({"frames": "6", "latent_shift_map": "INT"}).method_options == {
         "latent_shift": {"frames": 6, "map": "int"}}
+
+
+def test_options_header_is_the_same_request_as_fields(service):
+    """REST's URL-encoded options header (the client SDK's form) means what the same multipart fields mean; an
+    option given twice is 422 naming it, a header that is not URL-encoded pairs 400."""
+    assert with_header_options({"data": b"x"}, "methods=cam%2Clrp&lrp.alpha=2&lrp.beta=1&top_k=2") == {
+        "data": b"x", "methods": "cam,lrp", "lrp.alpha": "2", "lrp.beta": "1", "top_k": "2"}
+    fields = row(methods="cam,saliency", targets="Mass", heatmap_dtype="float32")
+    header = RowRequest(body=png(), content_type="image/png", request_id="h",
+                        header_options="methods=cam%2Csaliency&targets=Mass&heatmap_dtype=float32")
+    (r1, m1), (r2, m2) = answer(service, fields, header)
+    assert r1.status == r2.status == 200
+    assert [h.method for h in m1.heatmaps] == [h.method for h in m2.heatmaps] == ["cam", "saliency"]
+    for a, b in zip(m1.heatmaps, m2.heatmaps, strict=True):
+        assert a.map.data == b.map.data
+    twice = RowRequest(body=png(), content_type="image/png", options={"methods": "cam"}, request_id="t",
+                       header_options="METHODS=lrp")
+    malformed = RowRequest(body=png(), content_type="image/png", request_id="m", header_options="methods")
+    (r3, m3), (r4, m4) = answer(service, twice, malformed)
+    assert r3.status == 422 and "'methods' is given twice" in m3.error.message
+    assert r4.status == 400 and "URL-encoded" in m4.error.message
 
 
 def test_npy_body_with_value_range(service):

@@ -19,7 +19,7 @@ from . import imageio, render
 from .bundle import AutoencoderBundle
 from .errors import CxrExplainError, InvalidInput, InvalidOption
 from .explainer import select_device
-from .options import check_request_id, negotiate, parse_options, text
+from .options import check_request_id, negotiate, parse_options, text, with_header_options
 from .service import CostCaps, Emit, RowRequest, RowResult
 from .telemetry import Telemetry, new_request_id
 from .wire import explain_pb2
@@ -54,7 +54,7 @@ class AutoencoderService:
         operation = "reconstruct"
         try:
             request_id = check_request_id(request_id)
-            options = dict(row.options)
+            options = dict(with_header_options(row.options, row.header_options))
             operation = text("operation", options.pop("operation", "reconstruct")).lower() or "reconstruct"
             if operation not in OPERATIONS:
                 raise InvalidOption(f"unknown operation {operation!r}; one of {', '.join(OPERATIONS)}")

@@ -1,4 +1,4 @@
-"""Request options: one parsing path for REST multipart fields and gRPC ``PredictionsRequest.input`` keys.
+"""Request options: one parsing path for REST multipart fields or header, and gRPC ``PredictionsRequest.input`` keys.
 
 TorchServe hands a handler each row as a dict: REST multipart fields arrive as ``str`` (``text/*`` parts),
 ``bytes`` or already JSON-decoded values (``application/json`` parts); gRPC input-map values always arrive
@@ -8,11 +8,16 @@ Wire keys (DESIGN.md "Wire"): ``methods``, ``targets``, ``top_k``, ``heatmap_for
 ``frames``, ``latent_shift_map``, ``direction``, ``stream``, ``describe``, plus ``gif``, ``steps``
 (integrated gradients), ``accept``, ``request_id``, ``value_range`` (for .npy bodies) and
 ``<method>.<option>`` for any option a method declares (``integrated_gradients.internal_batch_size=16``).
+
+Over REST the options may also travel as one URL-encoded header, :data:`OPTIONS_HEADER`, beside a raw image
+body (what the client SDK sends): TorchServe 0.12 hands the handler no query string on ``/predictions``, and
+decoding a multipart body cost its Java frontend 2.5x the CPU time of a raw one (BENCHMARKS.md, serving).
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +28,7 @@ from .methods import base as registry
 BODY_KEYS = ("data", "body")
 # Keys TorchServe itself reads from a gRPC input map (sequence control): not ours to validate.
 _TRANSPORT_PREFIX = "ts_"
+OPTIONS_HEADER = "x-cxrexplain-options"  # REST: "methods=cam,lrp&top_k=3", URL-encoded like a query string
 
 HEATMAP_FORMATS = ("array", "png")
 HEATMAP_DTYPES = ("float16", "float32")
@@ -160,6 +166,35 @@ def check_request_id(raw: str) -> str:
     if not _REQUEST_ID.match(raw):
         raise InvalidInput("request id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
     return raw
+
+
+def with_header_options(fields: Mapping[str, Any], header: str | None) -> Mapping[str, Any]:
+    """A row's option fields plus those of its :data:`OPTIONS_HEADER` (URL-encoded ``key=value`` pairs).
+
+    Raises
+    ------
+    InvalidInput
+        A header that is not URL-encoded pairs (400).
+    InvalidOption
+        An option given twice: in the header and as a field, or twice in the header (422).
+    """
+    if not header:
+        return fields
+    try:
+        pairs = urllib.parse.parse_qsl(header, keep_blank_values=True, strict_parsing=True, errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"header {OPTIONS_HEADER} must hold URL-encoded key=value pairs joined by '&', "
+                           f"for example methods=cam%2Clrp&top_k=3 ({exc})") from exc
+    merged = dict(fields)
+    given = {str(k).strip().lower() for k in fields}
+    for key, value in pairs:
+        name = key.strip().lower()
+        if name in given:
+            raise InvalidOption(f"option {name!r} is given twice (header {OPTIONS_HEADER} and a multipart field, "
+                                "or twice in the header); give it once")
+        given.add(name)
+        merged[key] = value
+    return merged
 
 
 def parse_options(raw: Mapping[str, Any]) -> RequestOptions:

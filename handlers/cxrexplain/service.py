@@ -45,7 +45,15 @@ from .errors import (
 )
 from .explainer import Explainer, ExplanationResult
 from .methods import base as registry
-from .options import JSON, PROTOBUF, RequestOptions, check_request_id, negotiate, parse_options
+from .options import (
+    JSON,
+    PROTOBUF,
+    RequestOptions,
+    check_request_id,
+    negotiate,
+    parse_options,
+    with_header_options,
+)
 from .telemetry import Telemetry, new_request_id
 from .wire import explain_pb2
 
@@ -169,6 +177,7 @@ class RowRequest:
     accept: str | None = None
     rest: bool = True
     can_stream: bool = False
+    header_options: str | None = None  # REST: the options header (options.OPTIONS_HEADER), URL-encoded
 
 
 @dataclass
@@ -384,7 +393,7 @@ class ExplainService:
 
     def _prepare_row(self, w: _Work) -> None:
         row = w.row
-        w.options = opts = parse_options(row.options)
+        w.options = opts = parse_options(with_header_options(row.options, row.header_options))
         w.content_type = negotiate(opts.accept, row.accept, row.rest)
         if opts.request_id:
             w.request_id = opts.request_id

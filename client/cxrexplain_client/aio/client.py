@@ -272,7 +272,7 @@ class AsyncExplainClient:
             check_prediction_status(reply)
             return codec.parse_payload(reply.prediction)
         body = codec.rest_body(encoded, fields)
-        headers = {"Content-Type": body.content_type, "Accept": codec.PROTOBUF_MEDIA_TYPE}
+        headers = {**body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE}
         url = self.settings.url + codec.rest_path(model, version)
         resp = await self._rest("POST", url, body.content, headers, deadline, self.settings.token)
         return codec.parse_payload(resp.content, resp.headers.get("content-type"))
