@@ -9,10 +9,11 @@ path. The server is started with ``export.launcher.TorchServe`` on free ports; r
 key.
 
 1. Serving overhead: a CAM explanation request over REST as the client SDK sends it (the 512 px 8-bit PNG as
-   the body, ``methods=cam`` in the options header; the default target = the top finding) to ``dn-b1``, end to end from
-   the client, against :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same
-   weights, same ONNX predictor, torch threads as the worker); alternating blocks of back-to-back calls (see
-   :func:`overhead`), median of ``--requests`` each; and the handler's own time, from the worker's request log.
+   the body, ``methods=cam`` in the options header, binary protobuf answer; the default target = the top
+   finding) to ``dn-b1``, end to end from the client, against :class:`cxrexplain.service.ExplainService`
+   handling the same bytes in this process (same weights, same ONNX predictor, torch threads as the worker);
+   alternating blocks of back-to-back calls (see :func:`overhead`), median of ``--requests`` each; and the
+   handler's own time, from the worker's request log.
 2. Throughput: ``--clients`` concurrent clients sending the same CAM request to ``dn-b8`` against one client
    sending them one after another to ``dn-b1`` (and, to separate batching from pipelining, the concurrent
    clients on ``dn-b1``): requests per second over the same number of requests.
@@ -92,9 +93,11 @@ def worker_pid(server: Any, name: str) -> int:
 
 def explain_request(client: httpx.Client, server: Any, model: str, image: bytes,
                     request_id: str | None = None) -> float:
-    """One CAM explanation the way the client SDK sends it: the PNG as the body, the options in a header."""
+    """One CAM explanation the way the client SDK sends it: the PNG as the body, the options in a header, the
+    answer asked for as binary protobuf."""
     body = codec.rest_body(codec.encode_image(image), {"methods": "cam"})
-    headers = {**server.headers(), **body.headers, **({"x-request-id": request_id} if request_id else {})}
+    headers = {**server.headers(), **body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE,
+               **({"x-request-id": request_id} if request_id else {})}
     start = time.perf_counter()
     r = client.post(f"{server.url}{codec.rest_path(model)}", content=body.content, headers=headers, timeout=300)
     elapsed = time.perf_counter() - start
@@ -133,7 +136,8 @@ def overhead(server: Any, service: ExplainService, image: bytes, n: int, warmup:
     alike), which measures the two processes' interference, not the serving path. Back-to-back calls are the
     steady state of a served model; the blocks alternate so load drifts hit both sides.
     """
-    row = RowRequest(body=image, content_type="image/png", header_options="methods=cam")
+    row = RowRequest(body=image, content_type="image/png", header_options="methods=cam",
+                     accept=codec.PROTOBUF_MEDIA_TYPE)
     rest: dict[str, float] = {}
     local: list[float] = []
     with httpx.Client() as client:

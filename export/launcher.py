@@ -23,6 +23,8 @@ import httpx
 from .recipe import STREAM_SUFFIX
 
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "model_store" / "config.properties"
+# Logging of the Java frontend: its own files, once per line, no per-request chatter (see the file's comment).
+LOG_CONFIG = BASE_CONFIG.with_name("log4j2.xml")
 
 
 def free_port() -> int:
@@ -134,7 +136,8 @@ class TorchServe:
         (self.run_dir / "key_file.json").unlink(missing_ok=True)
         config = self._write_config()
         cmd = [str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs",
-               "--ts-config", str(config), "--model-store", str(self.store), "--models", self.models]
+               "--ts-config", str(config), "--log-config", str(LOG_CONFIG), "--model-store", str(self.store),
+               "--models", self.models]
         log = open(self.run_dir / "torchserve.out", "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(cmd, cwd=self.run_dir, env=self._env(), stdout=log, stderr=log,
                                         start_new_session=True)

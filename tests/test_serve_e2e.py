@@ -324,6 +324,14 @@ def test_metrics_scrape(server, image):
                  "cxrexplain_requests_total", "cxrexplain_decode_errors_total", "cxrexplain_reconstruction_gap",
                  "cxrexplain_worker_starts_total"):
         assert name in text, f"{name} missing from /metrics"
+    # the project's log4j2.xml: the frontend parses the worker's metric lines without logging each one, and
+    # writes every line once; the worker's request line (request id, methods, timings, status) is in model_log
+    logs = server.run_dir / "logs"
+    ts_log = (logs / "ts_log.log").read_text().splitlines()
+    assert not any("[METRICS]" in line for line in ts_log)
+    assert not any(a == b for a, b in zip(ts_log, ts_log[1:], strict=False)), "duplicated ts_log lines"
+    requests = [line for line in (logs / "model_log.log").read_text().splitlines() if "request_id=" in line]
+    assert any("methods=latent_shift status=200" in line for line in requests)
 
 
 def _worker_starts(server) -> float:
