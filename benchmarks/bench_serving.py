@@ -8,12 +8,12 @@ One DenseNet-121 (random weights, 14 labels, torchvision's 3-channel spec, 224 p
 path. The server is started with ``export.launcher.TorchServe`` on free ports; requests carry the inference
 key.
 
-1. Serving overhead: a CAM explanation request over REST as the client SDK sends it (the 512 px 8-bit PNG as
-   the body, ``methods=cam`` in the options header, binary protobuf answer; the default target = the top
-   finding) to ``dn-b1``, end to end from the client, against :class:`cxrexplain.service.ExplainService`
-   handling the same bytes in this process (same weights, same ONNX predictor, torch threads as the worker);
-   alternating blocks of back-to-back calls (see :func:`overhead`), median of ``--requests`` each; and the
-   handler's own time, from the worker's request log.
+1. Serving overhead: a CAM explanation request as the client SDK sends it (the 512 px 8-bit PNG; over REST as
+   the raw body with ``methods=cam`` in the options header and a binary protobuf answer, over gRPC in
+   ``Predictions``' input map; the default target = the top finding) to ``dn-b1``, end to end from the
+   client, against :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same
+   weights, same ONNX predictor, torch threads as the worker); rotating blocks of back-to-back calls (see
+   :func:`overhead`), median of ``--requests`` each; and the handler's own time, from the worker's request log.
 2. Throughput: ``--clients`` concurrent clients sending the same CAM request to ``dn-b8`` against one client
    sending them one after another to ``dn-b1`` (and, to separate batching from pipelining, the concurrent
    clients on ``dn-b1``): requests per second over the same number of requests.
@@ -35,9 +35,11 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import torch
@@ -47,6 +49,8 @@ from PIL import Image
 import cxrexplain
 from cxrexplain.service import ExplainService, OnnxPredictor, RowRequest
 from cxrexplain_client import codec
+from cxrexplain_client._base import predictions_request
+from cxrexplain_client._proto import inference_pb2_grpc
 
 from . import common
 
@@ -125,47 +129,71 @@ def worker_totals(server: Any, prefix: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, log_text)}
 
 
+def grpc_explain_request(stub: Any, server: Any, model: str, image: bytes, request_id: str | None = None) -> float:
+    """The same CAM explanation over gRPC ``Predictions`` as the client SDK sends it (image and options in the
+    input map, the token as metadata); the answer is binary protobuf."""
+    options = {"methods": "cam", **({"request_id": request_id} if request_id else {})}
+    request = predictions_request(model, None, codec.encode_image(image), options)
+    start = time.perf_counter()
+    reply = stub.Predictions(request, timeout=300, metadata=codec.grpc_metadata(server.key()))
+    elapsed = time.perf_counter() - start
+    answer = codec.parse_payload(reply.prediction, codec.PROTOBUF_MEDIA_TYPE)
+    if answer.HasField("error"):
+        raise RuntimeError(f"{model}: gRPC answered an error: {answer.error.message}")
+    return elapsed
+
+
 def overhead(server: Any, service: ExplainService, image: bytes, n: int, warmup: int,
              block: int = 7) -> dict[str, Any]:
-    """REST end to end against the in-process service, in alternating blocks of ``block`` back-to-back calls,
-    after ``warmup`` requests: the Java frontend's JIT compiles its request path over the first hundred or so
-    (in a probe its CPU time per request fell from 14 ms to 7 ms after 150 requests).
+    """REST and gRPC end to end against the in-process service, in rotating blocks of ``block`` back-to-back
+    calls, after ``warmup`` requests on each transport: the Java frontend's JIT compiles its request path over
+    the first hundred or so (in a probe its CPU time per request fell from 14 ms to 7 ms after 150 requests).
 
     Blocks, not single alternating calls: a process that computes right after the other one did ran ~20 %
     slower in a probe (the worker's explain 107 ms alternating vs 88 ms back to back, and the in-process side
     alike), which measures the two processes' interference, not the serving path. Back-to-back calls are the
-    steady state of a served model; the blocks alternate so load drifts hit both sides.
+    steady state of a served model; the blocks rotate so load drifts hit every side.
     """
     row = RowRequest(body=image, content_type="image/png", header_options="methods=cam",
                      accept=codec.PROTOBUF_MEDIA_TYPE)
-    rest: dict[str, float] = {}
+    remote: dict[str, dict[str, float]] = {"rest": {}, "grpc": {}}
     local: list[float] = []
-    with httpx.Client() as client:
+    with httpx.Client() as client, grpc.insecure_channel(server.grpc_target) as channel:
+        stub = inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        calls: dict[str, Callable[[str | None], float]] = {
+            "rest": lambda rid: explain_request(client, server, B1, image, rid),
+            "grpc": lambda rid: grpc_explain_request(stub, server, B1, image, rid),
+        }
         for _ in range(warmup):
-            explain_request(client, server, B1, image)
+            for call in calls.values():
+                call(None)
         while len(local) < n:
-            for i in range(block):  # the first call of a block warms it up and is not counted
-                request_id = f"overhead-{len(rest)}-{i}"
-                elapsed = explain_request(client, server, B1, image, request_id)
-                if i:
-                    rest[request_id] = elapsed
+            for transport, call in calls.items():
+                for i in range(block):  # the first call of a block warms it up and is not counted
+                    request_id = f"overhead-{transport}-{len(remote[transport])}-{i}"
+                    elapsed = call(request_id)
+                    if i:
+                        remote[transport][request_id] = elapsed
             for i in range(block):
                 start = time.perf_counter()
                 (result,) = service.handle_batch([row])
-                result.body  # noqa: B018 - encoding the JSON reply is part of the request, as in the worker
+                result.body  # noqa: B018 - encoding the reply is part of the request, as in the worker
                 if result.status != 200:
                     raise RuntimeError(f"in-process request failed: {result.status}")
                 if i:
                     local.append(time.perf_counter() - start)
     time.sleep(1.0)  # the frontend writes the worker's log lines asynchronously
     handler = worker_totals(server, "overhead-")
-    frontend_ms = [rest[k] * 1e3 - handler[k] for k in rest if k in handler]
-    ratio = statistics.median(rest.values()) / statistics.median(local)
-    return {"rest_s": list(rest.values()), "in_process_s": local, "ratio": ratio,
-            "rest_ms_median": statistics.median(rest.values()) * 1e3,
-            "in_process_ms_median": statistics.median(local) * 1e3,
-            "worker_handler_ms_median": statistics.median(handler.values()) if handler else None,
-            "outside_handler_ms_median": statistics.median(frontend_ms) if frontend_ms else None}
+    out: dict[str, Any] = {"in_process_s": local, "in_process_ms_median": statistics.median(local) * 1e3}
+    for transport, times in remote.items():
+        inside = [handler[k] for k in times if k in handler]
+        outside = [times[k] * 1e3 - handler[k] for k in times if k in handler]
+        out[transport] = {
+            "seconds": list(times.values()), "ratio": statistics.median(times.values()) / statistics.median(local),
+            "ms_median": statistics.median(times.values()) * 1e3,
+            "worker_handler_ms_median": statistics.median(inside) if inside else None,
+            "outside_handler_ms_median": statistics.median(outside) if outside else None}
+    return out
 
 
 def throughput(server: Any, model: str, image: bytes, clients: int, total: int) -> float:
@@ -248,15 +276,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(results: dict[str, Any], command: str) -> str:
     out = [common.header("Serving through TorchServe", command, results["machine"])]
     o = results["overhead"]
-    met = "met" if o["ratio"] <= OVERHEAD_TARGET else "NOT met"
-    out.append("\nServing overhead, CAM explanation of one 512 px PNG, batching off: REST end to end / "
-               f"in-process `ExplainService` = **{o['ratio']:.2f}x** (target <= {OVERHEAD_TARGET}x: {met}; "
-               "median of "
-               f"{len(o['rest_s'])} requests each, in alternating blocks of back-to-back calls; medians "
-               f"{o['rest_ms_median']:.0f} ms vs {o['in_process_ms_median']:.0f} ms, for scale only). Of the REST "
-               f"time, the handler itself took {o['worker_handler_ms_median']:.0f} ms (median, from the worker's "
-               f"request log): the rest, {o['outside_handler_ms_median']:.0f} ms, is the HTTP client, the Java "
-               "frontend and the frontend-worker hop.\n")
+    out.append(f"\nServing overhead, CAM explanation of one 512 px PNG, batching off, end to end / in-process "
+               f"`ExplainService` (target <= {OVERHEAD_TARGET}x); medians of {len(o['in_process_s'])} requests "
+               "each, in rotating blocks of back-to-back calls; the handler's own time from the worker's request "
+               "log, the rest (client, Java frontend, frontend-worker hop) outside it:\n")
+    rows = []
+    for transport, label in (("rest", "REST (raw body + options header)"), ("grpc", "gRPC Predictions")):
+        t = o[transport]
+        met = "met" if t["ratio"] <= OVERHEAD_TARGET else "NOT met"
+        rows.append([label, f"**{t['ratio']:.2f}x**: {met}", round(t["ms_median"]),
+                     round(t["worker_handler_ms_median"] or 0), round(t["outside_handler_ms_median"] or 0)])
+    rows.append(["in process", "1.00", round(o["in_process_ms_median"]), "", ""])
+    out.append(common.table(["transport", "end to end / in-process", "median ms (for scale)", "handler ms",
+                             "outside ms"], rows))
+    out.append("")
     rates = results["throughput_rps"]
     base = next(iter(rates.values()))
     out.append(common.table(["clients and batching", "throughput / sequential batch-1"],
@@ -279,7 +312,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: ResNet-18, one archive, a few requests")
     p.add_argument("--arch", default="densenet121")
     p.add_argument("--requests", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=150, help="REST requests before the overhead is timed")
+    p.add_argument("--warmup", type=int, default=150, help="requests per transport before the overhead is timed")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--per-client", type=int, default=4)
     p.add_argument("--repeats", type=int, default=7)
