@@ -287,6 +287,8 @@ def test_client_sdk_round_trip(server, image):
             first = result.results["Mass"]
             assert first.heatmaps["cam"].shape == (64, 64)
             assert first.latent_shift.frames.shape[0] == 4
+            # describe sends options without an image (REST: an empty body and the options header)
+            assert "Mass" in client.describe("cxr", transport=transport).labels
 
 
 def test_grpc_stream_findings_then_heatmaps_then_latent_shift(server, image):

@@ -206,9 +206,7 @@ def _pointwise_mm(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.view(n, -1, h, width)
 
 
-_FASTEST: dict[tuple[Any, ...], int] = {}
-
-
+_FASTEST: dict[tuple[Any, ...], int] = {}  # fastest(): call key -> index of the faster candidate
 TIMED_ROUNDS = 3  # fastest(): timed runs of each candidate, interleaved; the minimum counts (one slow run is noise)
 
 
