@@ -26,7 +26,7 @@ from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, Explanati
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.errors import AutoencoderRequired, InvalidOption
 from cxrexplain.methods.base import ForwardContext
-from cxrexplain.methods.latent_shift import LatentShift, Shifter, latent_map
+from cxrexplain.methods.latent_shift import LatentShift, Shifter, frame_lambdas, latent_map
 from cxrexplain.models import build_classifier
 from cxrexplain.spec import TORCHVISION, InputSpec, unit_spec
 
@@ -302,6 +302,16 @@ def test_reconstruction_gap_is_f_x_minus_f_dex() -> None:
         expected = torch.sigmoid(clf_shifted(x)[:, 0]) - torch.sigmoid(clf_shifted(ae(x))[:, 0])
     assert expected.abs().min() > 1e-3  # the gap is real here
     assert torch.allclose(res.reconstruction_gap, expected, atol=1e-6)
+
+
+def test_frame_lambdas_keep_the_bounds_and_zero_exact() -> None:
+    """The frames at the bounds and at λ = 0 are looked up among the images the search decoded, by exact λ."""
+    lams = frame_lambdas(-10.0, 20.0, 10)  # torch.linspace gives 4.4e-16 where λ should be 0
+    assert lams.dtype == torch.float64 and len(lams) == 10
+    assert lams[0].item() == -10.0 and lams[-1].item() == 20.0 and lams[3].item() == 0.0
+    assert torch.allclose(lams, torch.linspace(-10.0, 20.0, 10, dtype=torch.float64), atol=1e-12)
+    assert (frame_lambdas(-1000.0, 1000.0, 10) != 0).all()  # no grid point at 0: nothing snapped
+    assert frame_lambdas(0.0, 0.0, 3).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_batch_size_does_not_change_results() -> None:

@@ -103,6 +103,15 @@ class Shifter:
         return torch.cat(probs), (torch.cat(images) if keep_images else None)
 
 
+def frame_lambdas(lower: float, upper: float, frames: int) -> torch.Tensor:
+    """K evenly spaced λ from ``lower`` to ``upper`` in float64, both bounds exactly as the search evaluated
+    them, and a grid point that should be λ = 0 exactly 0 (``linspace`` can give 4e-16 there), so the frames at
+    the bounds and at D(E(x)) are the images already decoded, not decoded again."""
+    lambdas = torch.linspace(lower, upper, frames, dtype=torch.float64)
+    lambdas[0], lambdas[-1] = lower, upper
+    return lambdas.masked_fill_(lambdas.abs() <= 1e-9 * (upper - lower), 0.0)
+
+
 def latent_map(frames: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tensor:
     """Reduce (N, K, H, W) frames (λ ascending) to (N, H, W) maps (003 App. B); ``x0`` is D(E(x)), λ = 0."""
     if kind == "max":  # latentshift-max: per pixel, the largest change from the λ = 0 reconstruction
@@ -204,9 +213,7 @@ class LatentShift(Method):
         else:
             lower, upper = bounds, [Bound(0.0, False)] * n
         search_passes = shifter.passes - n
-        # float64 keeps the bounds exactly as the search evaluated them (the keys of ``seen``)
-        lambdas = torch.stack([torch.linspace(lo.lam, hi.lam, self.frames, dtype=torch.float64)
-                               for lo, hi in zip(lower, upper, strict=True)])
+        lambdas = torch.stack([frame_lambdas(lo.lam, hi.lam, self.frames) for lo, hi in zip(lower, upper, strict=True)])
         wanted = [(row, lam) for row in range(n) for lam in lambdas[row].tolist()]
         missing = [key for key in dict.fromkeys(wanted) if key not in seen]
         if missing:
