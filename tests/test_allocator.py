@@ -39,6 +39,15 @@ def test_freed_memory_is_reused_without_page_faults():
     # 136 MiB written = 34816 pages; with the settings the round reuses the previous round's memory
     assert faults < 3000, faults
     # control: an explicit environment setting wins, and with glibc's trimming the same round faults again
+    # (counted in 4 KiB pages: where transparent huge pages are always on, a fault maps 2 MiB instead)
     applied, faults = _last_round_faults({**env, "MALLOC_TRIM_THRESHOLD_": "131072"})
     assert applied == "False"
-    assert faults > 20000, faults
+    if "[always]" not in _transparent_huge_pages():
+        assert faults > 20000, faults
+
+
+def _transparent_huge_pages() -> str:
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
