@@ -197,7 +197,33 @@ def test_a_flat_prediction_walks_on_to_the_cap_and_fast_gets_there_in_log_steps(
     walk_calls, calls[:] = len(calls), []
     (probed,) = run_searches([(0, fast(rule()))], [0.999], flat)
     assert walked.lam == probed.lam == sign * 1000.0 and not walked.reached and not probed.reached
-    assert walk_calls == 100 and len(calls) == 5  # k = 1, 4, 16, 64, then the cap (100)
+    assert walk_calls == 100 and len(calls) == 6  # k = 1, 2, 4, 16, 64, then the cap (100)
+
+
+@pytest.mark.parametrize("kmax", [1, 2, 3, 5, 10, 25, 100, 400])
+def test_fast_search_stays_within_its_evaluation_bound(kmax: int) -> None:
+    """The cost cap counts on ``fast_evaluations_bound``: no prediction path, monotone, noisy or turning, may make
+    the fast search evaluate more (checked on 2000 random paths per grid length)."""
+    from cxrexplain.lambda_search import StopRule, fast, fast_evaluations_bound, run_searches
+
+    generator = torch.Generator().manual_seed(kmax)
+    worst = 0
+    for trial in range(2000):
+        sign = 1 if trial % 2 else -1
+        drift = 0.001 if trial % 4 < 2 else 0.0
+        path = 0.5 + sign * torch.cumsum(drift + 0.002 * torch.randn(kmax + 1, generator=generator), 0)
+        path[0] = 0.5
+        threshold = 0.5 + sign * (0.001, 0.005, 0.02, 1.0)[trial % 4 if drift else (trial // 4) % 4]
+        rule = StopRule(sign=sign, p0=0.5, threshold=threshold, step=1.0, cap=float(kmax))
+        calls: list[float] = []
+
+        def p(rows, lams, path=path, calls=calls) -> torch.Tensor:
+            calls.extend(lams)
+            return torch.stack([path[round(abs(lam))] for lam in lams]).double()
+
+        run_searches([(0, fast(rule))], [0.5], p)
+        worst = max(worst, len(calls))
+    assert worst <= fast_evaluations_bound(kmax), (worst, fast_evaluations_bound(kmax))
 
 
 def app_c_as_published(p: Callable[[float], float], cap: float = 1000.0) -> float:

@@ -17,7 +17,17 @@ import torch.nn.functional as F
 
 from ..bundle import AutoencoderBundle, ClassifierBundle
 from ..errors import AutoencoderRequired, InvalidOption
-from ..lambda_search import Bound, Search, StopRule, fast, published_lambdas, published_walk, run_searches, walk
+from ..lambda_search import (
+    Bound,
+    Search,
+    StopRule,
+    fast,
+    fast_evaluations_bound,
+    published_lambdas,
+    published_walk,
+    run_searches,
+    walk,
+)
 from .base import ForwardContext, Method, MethodOutput, register
 
 DIRECTIONS = ("logit", "sigmoid")
@@ -165,7 +175,7 @@ class LatentShift(Method):
 
     def cost(self) -> int:
         kmax = math.ceil(self.max_lambda / (self.step * (0.25 if self.direction == "logit" else 1.0)))
-        search = {"fast": 2 * (2 * math.ceil(math.log2(kmax + 1)) + 1), "exhaustive": 2 * kmax,
+        search = {"fast": 2 * fast_evaluations_bound(kmax), "exhaustive": 2 * kmax,
                   "app_c": kmax, "reference_walk": kmax + 9}[self.search]
         return 1 + self.frames + search
 
