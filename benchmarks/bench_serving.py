@@ -12,7 +12,7 @@ key.
    the raw body with ``methods=cam`` in the options header and a binary protobuf answer, over gRPC in
    ``Predictions``' input map; the default target = the top finding) to ``dn-b1``, end to end from the
    client, against :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same
-   weights, same ONNX predictor, torch threads as the worker); rotating blocks of back-to-back calls (see
+   weights, same ONNX predictor, torch threads as the worker, ``--threads``); rotating blocks of back-to-back calls (see
    :func:`overhead`), median of ``--requests`` each; and the handler's own time, from the worker's request log.
 2. Throughput: ``--clients`` concurrent clients sending the same CAM request to ``dn-b8`` against one client
    sending them one after another to ``dn-b1`` (and, to separate batching from pipelining, the concurrent
@@ -69,15 +69,16 @@ def png_image(size: int = 512, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def build_store(root: Path, arch: str, quick: bool) -> Path:
-    """Weights saved like a user's, then ``python -m export.cli recipe --store``: the real exporter."""
+def build_store(root: Path, arch: str, quick: bool, threads: int) -> Path:
+    """Weights saved like a user's, then ``python -m export.cli recipe --store``: the real exporter. The workers
+    run ``threads`` torch threads, as this process does."""
     from export import cli as export_cli
 
     torch.manual_seed(0)
     bundle = cxrexplain.load_classifier(arch)
     cxrexplain.save_classifier(bundle, root / "weights" / "clf.pt")
     common_fields = {"kind": "classifier", "architecture": arch, "weights": "weights/clf.pt",
-                     "version": "1.0", "onnx": True}
+                     "version": "1.0", "onnx": True, "torch_threads": threads}
     recipe = {"models": [{"name": B1, **common_fields, "batch_size": 1, "max_batch_delay_ms": 1},
                          {"name": B8, **common_fields, "batch_size": 8, "max_batch_delay_ms": 50}]}
     if quick:
@@ -242,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cxrexplain-bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
         log.info("exporting the archives")
-        store = build_store(tmp, args.arch, args.quick)
+        store = build_store(tmp, args.arch, args.quick, args.threads)
         service = in_process_service(store, tmp)
         log.info("starting TorchServe")
         with TorchServe(store, tmp / "run", ports=Ports.free()) as server:
@@ -317,7 +318,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-client", type=int, default=4)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2,
-                   help="torch threads in this process (the worker: torch's default, the physical cores)")
+                   help="torch threads in this process and in the workers (recipe torch_threads)")
     p.add_argument("--json", help="also write every figure here")
     p.add_argument("--max-load", type=float, default=0.0,
                    help="wait (up to 30 min) for the 1-min load average to fall below this before starting")

@@ -68,6 +68,8 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
         record: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "architecture": entry.architecture}
         serve: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "caps": entry.caps,
                                  "intended_use": INTENDED_USE}
+        if entry.torch_threads:
+            serve["torch_threads"] = entry.torch_threads  # read by the handler's initialize
         if entry.kind == "classifier":
             bundle = load_classifier(
                 entry.architecture, weights=entry.weights, labels=entry.labels,

@@ -14,6 +14,7 @@ models:
     batch_size: 4                 # TorchServe dynamic batching
     max_batch_delay_ms: 20
     workers: 1
+    torch_threads: 2              # optional: torch threads per worker (default: torch's, the physical cores)
     onnx: true                    # write the ONNX predictions fast path (classifiers)
     stream: false                 # also write <name>-stream.mar, the twin gRPC StreamPredictions2 calls
   - name: cxr-ae
@@ -60,6 +61,7 @@ class ModelEntry:
     batch_size: int = 4
     max_batch_delay_ms: int = 20
     workers: int = 1
+    torch_threads: int | None = None
     onnx: bool = True
     stream: bool = False
     caps: dict[str, int] = field(default_factory=dict)
@@ -69,7 +71,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "kind": (str,), "architecture": (str,), "weights": (str,), "labels": (list,),
     "input_spec": (dict,), "op_thresholds": (list,), "cam_layer": (str,), "autoencoder": (str,),
     "version": (str, int, float), "batch_size": (int,), "max_batch_delay_ms": (int,), "workers": (int,),
-    "onnx": (bool,), "stream": (bool,), "caps": (dict,),
+    "torch_threads": (int,), "onnx": (bool,), "stream": (bool,), "caps": (dict,),
 }
 
 

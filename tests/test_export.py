@@ -40,6 +40,7 @@ def entry(**overrides) -> dict:
     ({"autoencoder": "nope"}, "is not an autoencoder entry"),
     ({"kind": "autoencoder", "stream": True}, "stream applies to classifiers only"),
     ({"stream": "yes"}, "field 'stream' must be bool"),
+    ({"torch_threads": 1.5}, "field 'torch_threads' must be int"),
 ])
 def test_recipe_errors_name_the_entry_and_field(tmp_path, bad, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
@@ -71,7 +72,7 @@ def test_unknown_architecture_is_a_clear_cli_error(tmp_path, weights, capsys):
 
 
 def test_export_builds_archive_and_manifest(tmp_path, weights):
-    recipe = write_recipe(tmp_path, [entry(batch_size=2, version="2.0")])
+    recipe = write_recipe(tmp_path, [entry(batch_size=2, version="2.0", torch_threads=1)])
     store = tmp_path / "store"
     assert cli.main([str(recipe), "--store", str(store)]) == 0
     manifest = json.loads((store / "manifest.json").read_text())["models"]
@@ -84,6 +85,7 @@ def test_export_builds_archive_and_manifest(tmp_path, weights):
                      "model.onnx", "serve.json", "MAR-INF/MANIFEST.json"):
         assert required in names, required
     assert not any("__pycache__" in n for n in names)
+    assert json.loads(zipfile.ZipFile(store / "m.mar").read("serve.json"))["torch_threads"] == 1
     assert not list(store.glob(".export-*"))  # no staging left behind
 
 

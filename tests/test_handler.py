@@ -189,7 +189,9 @@ def test_loads_by_bare_module_name_and_counts_the_worker_start(tmp_path, monkeyp
     with caplog.at_level(logging.INFO):
         service = TsModelLoader().load("cxr-test", str(model_dir), "cxrexplain_handler.py", None, 4, None, True,
                                        metrics_cache())
+    worker_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    assert worker_threads == 1  # serve.json's torch_threads (the recipe field), applied at initialize
     lines = [r.getMessage()[len("[METRICS]"):] for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     starts = [FRONTEND_METRIC.match(line) for line in lines if line.startswith("cxrexplain_worker_starts_total")]
     assert len(starts) == 1 and starts[0] is not None
