@@ -54,7 +54,7 @@ class StopRule:
 
     @property
     def kmax(self) -> int:
-        return max(1, math.ceil(self.cap / self.step - 1e-9))
+        return grid_steps(self.cap, self.step)
 
     def lam(self, k: int) -> float:
         return self.sign * min(k * self.step, self.cap)
@@ -65,6 +65,11 @@ class StopRule:
     def progressed(self, p_new: float, p_old: float) -> bool:
         """Not the wrong way: a flat step counts as progress."""
         return p_new <= p_old if self.sign < 0 else p_new >= p_old
+
+
+def grid_steps(cap: float, step: float) -> int:
+    """Steps of the grid λ_k = k · step up to the cap (the last one capped): at least 1."""
+    return max(1, math.ceil(cap / step - 1e-9))
 
 
 def walk(rule: StopRule) -> Search:

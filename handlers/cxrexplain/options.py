@@ -168,6 +168,11 @@ def check_request_id(raw: str) -> str:
     return raw
 
 
+def option_name(key: Any) -> str:
+    """A wire key as the options are matched: stripped, lower case (``Top_K`` is ``top_k``)."""
+    return str(key).strip().lower()
+
+
 def with_header_options(fields: Mapping[str, Any], header: str | None) -> Mapping[str, Any]:
     """A row's option fields plus those of its :data:`OPTIONS_HEADER` (URL-encoded ``key=value`` pairs).
 
@@ -186,9 +191,9 @@ def with_header_options(fields: Mapping[str, Any], header: str | None) -> Mappin
         raise InvalidInput(f"header {OPTIONS_HEADER} must hold URL-encoded key=value pairs joined by '&', "
                            f"for example methods=cam%2Clrp&top_k=3 ({exc})") from exc
     merged = dict(fields)
-    given = {str(k).strip().lower() for k in fields}
+    given = {option_name(k) for k in fields}
     for key, value in pairs:
-        name = key.strip().lower()
+        name = option_name(key)
         if name in given:
             raise InvalidOption(f"option {name!r} is given twice (header {OPTIONS_HEADER} and a multipart field, "
                                 "or twice in the header); give it once")
@@ -212,7 +217,7 @@ def parse_options(raw: Mapping[str, Any]) -> RequestOptions:
     values: dict[str, Any] = {}
     dotted: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
-        name = str(key).strip().lower()
+        name = option_name(key)
         if name in BODY_KEYS or name.startswith(_TRANSPORT_PREFIX):
             continue
         if "." in name:

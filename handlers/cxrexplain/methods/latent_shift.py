@@ -9,7 +9,6 @@ x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,6 +22,7 @@ from ..lambda_search import (
     StopRule,
     fast,
     fast_evaluations_bound,
+    grid_steps,
     published_lambdas,
     published_walk,
     run_searches,
@@ -174,7 +174,8 @@ class LatentShift(Method):
                 raise InvalidOption(f"latent_shift: {key}={getattr(self, key)!r} is not valid; use {hint}")
 
     def cost(self) -> int:
-        kmax = math.ceil(self.max_lambda / (self.step * (0.25 if self.direction == "logit" else 1.0)))
+        # logit steps are the sigmoid's times p0 (1 - p0) <= 0.25 (see _searches)
+        kmax = grid_steps(self.max_lambda, self.step * (0.25 if self.direction == "logit" else 1.0))
         search = {"fast": 2 * fast_evaluations_bound(kmax), "exhaustive": 2 * kmax,
                   "app_c": kmax, "reference_walk": kmax + 9}[self.search]
         return 1 + self.frames + search
