@@ -21,7 +21,7 @@ COPY --chown=serve:serve . /srv
 RUN pip install --no-cache-dir -e '.[serve]' && pip install --no-cache-dir './client[dicom]'
 
 USER serve
-RUN if [ "$DEMO" = "1" ]; then python -m export.train_demo --out .cache/demo-weights --size 96 \
+RUN if [ "$DEMO" = "1" ]; then python -m cxrexplain_lab.train_demo --out .cache/demo-weights --size 96 \
     && cxrexplain-export export/demo_recipe.yaml --store model_store; fi
 
 EXPOSE 8080 7070 8082

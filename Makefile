@@ -28,7 +28,8 @@ java:
 	@$(BIN)/python -m export.java_check
 
 lint: venv
-	$(BIN)/ruff check handlers export client tests benchmarks protos scripts
+	$(BIN)/ruff check handlers lab export client tests benchmarks protos scripts
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
@@ -39,7 +40,7 @@ pytest: venv java
 test: lint typecheck pytest
 
 demo-models: venv
-	$(BIN)/python -m export.train_demo --out $(DEMO_WEIGHTS) --size 96 --cache .cache/demo-cache
+	$(BIN)/python -m cxrexplain_lab.train_demo --out $(DEMO_WEIGHTS) --size 96 --cache .cache/demo-cache
 
 archives: demo-models
 	$(BIN)/cxrexplain-export $(DEMO_RECIPE) --store model_store

@@ -38,8 +38,8 @@ import torch
 
 import cxrexplain
 from cxrexplain.explainer import ExplanationResult
-from cxrexplain.phantom import PhantomDataset
 from cxrexplain.spec import unit_spec
+from cxrexplain_lab.phantom import PhantomDataset
 
 from . import common
 

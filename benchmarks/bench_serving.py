@@ -11,7 +11,7 @@ key.
 1. Serving overhead: a CAM explanation request as the client SDK sends it (the 512 px 8-bit PNG; over REST as
    the raw body with ``methods=cam`` in the options header and a binary protobuf answer, over gRPC in
    ``Predictions``' input map; the default target = the top finding) to ``dn-b1``, end to end from the
-   client, against :class:`cxrexplain.service.ExplainService` handling the same bytes in this process (same
+   client, against :class:`cxrexplain_serving.service.ExplainService` handling the same bytes in this process (same
    weights, same ONNX predictor, torch threads as the worker, ``--threads``); rotating blocks of back-to-back calls (see
    :func:`overhead`), median of ``--requests`` each; and the handler's own time, from the worker's request log.
 2. Throughput: ``--clients`` concurrent clients sending the same CAM request to ``dn-b8`` against one client
@@ -47,10 +47,10 @@ import yaml
 from PIL import Image
 
 import cxrexplain
-from cxrexplain.service import ExplainService, OnnxPredictor, RowRequest
 from cxrexplain_client import codec
 from cxrexplain_client._base import predictions_request
 from cxrexplain_client._proto import inference_pb2_grpc
+from cxrexplain_serving.service import ExplainService, OnnxPredictor, RowRequest
 
 from . import common
 

@@ -13,7 +13,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "handlers" / "cxrexplain_handler.py"
-ENGINE = ROOT / "handlers" / "cxrexplain"
+# What serving runs, and nothing else: the engine, image input, the serving layer and the shared render package.
+# The lab (training, phantoms, evaluation) is never shipped.
+SHIPPED = (ROOT / "handlers" / "cxrexplain", ROOT / "handlers" / "cxrexplain_imageio",
+           ROOT / "handlers" / "cxrexplain_serving", ROOT / "client" / "cxrexplain_render")
 
 # File names inside an archive (the handler reads the same names).
 CLASSIFIER_WEIGHTS = "classifier.pt"
@@ -30,9 +33,10 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_engine(dest: Path) -> None:
-    """Copy the engine package without caches: it becomes importable from the archive root."""
-    shutil.copytree(ENGINE, dest / "cxrexplain", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+def stage_packages(dest: Path) -> None:
+    """Copy the shipped packages without caches: they become importable from the archive root."""
+    for package in SHIPPED:
+        shutil.copytree(package, dest / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def build_mar(name: str, version: str, staging: Path, store: Path, config: Path) -> Path:

@@ -23,7 +23,7 @@ from .archive import (
     SERVE_CONFIG,
     build_mar,
     sha256,
-    stage_engine,
+    stage_packages,
     write_json,
 )
 from .onnx_export import ParityError, export_onnx
@@ -64,7 +64,7 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
     with tempfile.TemporaryDirectory(prefix="cxrexplain-stage-") as tmp:
         staging = Path(tmp) / "files"
         staging.mkdir()
-        stage_engine(staging)
+        stage_packages(staging)
         record: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "architecture": entry.architecture}
         serve: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "caps": entry.caps,
                                  "intended_use": INTENDED_USE}

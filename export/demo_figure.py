@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cxrexplain.phantom import PhantomDataset
 from cxrexplain_client import ExplainClient
+from cxrexplain_lab.phantom import PhantomDataset
 
 METHODS = ("cam", "lrp", "rap", "latent_shift")
 FINDING = "Cardiomegaly"

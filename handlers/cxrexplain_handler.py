@@ -1,8 +1,8 @@
 """TorchServe entry module for cxrexplain archives (imported by bare name from the archive root).
 
 Thin on purpose: :meth:`CxrExplainHandler.initialize` loads the archive's files into a
-:class:`cxrexplain.service.ExplainService`; :meth:`CxrExplainHandler.handle` turns TorchServe's rows into
-:class:`~cxrexplain.service.RowRequest` objects and the results back into per-row bytes, statuses and content
+:class:`cxrexplain_serving.service.ExplainService`; :meth:`CxrExplainHandler.handle` turns TorchServe's rows into
+:class:`~cxrexplain_serving.service.RowRequest` objects and the results back into per-row bytes, statuses and content
 types. Everything else (options, decoding, caps, the engine, encoding, error mapping) lives in the service.
 
 Archive layout (the archive root is the model directory; ``--extra-files`` puts these there)::
@@ -26,10 +26,10 @@ from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from cxrexplain.allocator import keep_freed_memory
-from cxrexplain.autoencoder_service import AutoencoderService
 from cxrexplain.models import load_autoencoder, load_classifier
-from cxrexplain.options import OPTIONS_HEADER
-from cxrexplain.service import (
+from cxrexplain_serving.autoencoder_service import AutoencoderService
+from cxrexplain_serving.options import OPTIONS_HEADER
+from cxrexplain_serving.service import (
     ExplainService,
     OnnxPredictor,
     RowRequest,
@@ -37,7 +37,7 @@ from cxrexplain.service import (
     internal_error,
     load_serve_config,
 )
-from cxrexplain.telemetry import MetricSpec, Telemetry, new_request_id
+from cxrexplain_serving.telemetry import MetricSpec, Telemetry, new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class CxrExplainHandler(BaseHandler):
 
     def _initialize_autoencoder(self, model_dir: Path, config: dict[str, Any], model_name: str,
                                 manifest: dict[str, Any]) -> None:
-        """An autoencoder archive: encode / decode / reconstruct (see cxrexplain.autoencoder_service)."""
+        """An autoencoder archive: encode / decode / reconstruct (see cxrexplain_serving.autoencoder_service)."""
         bundle = load_autoencoder(None, weights=model_dir / "autoencoder.pt")
         self.service = AutoencoderService(
             bundle, model_name=model_name, model_version=str(manifest.get("modelVersion") or bundle.version),

@@ -7,7 +7,7 @@ Usage::
 
 Outputs:
 
-- ``handlers/cxrexplain/wire/explain_pb2.py`` (+ ``.pyi``): the server needs only the response payload;
+- ``handlers/cxrexplain_serving/wire/explain_pb2.py`` (+ ``.pyi``): the server needs only the response payload;
 - ``client/cxrexplain_client/_proto/{explain,inference,management}_pb2.py`` (+ ``.pyi``) and
   ``{inference,management}_pb2_grpc.py``: the SDK's stubs.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 PROTOS = Path(__file__).resolve().parent
 ROOT = PROTOS.parent
-HANDLER_WIRE = ROOT / "handlers" / "cxrexplain" / "wire"
+HANDLER_WIRE = ROOT / "handlers" / "cxrexplain_serving" / "wire"
 CLIENT_PROTO = ROOT / "client" / "cxrexplain_client" / "_proto"
 
 # (proto file, also generate gRPC service stubs)

@@ -2,7 +2,7 @@
 
 The cache lives in ``<repo>/.cache/test-models/``, keyed by a hash of the training config and of the sources
 that shape the weights (phantom.py, train.py, losses.py, spec.py, models.py / autoencoder.py): editing any of
-them retrains on the next run. Training goes through ``cxrexplain.train.demo_classifier`` /
+them retrains on the next run. Training goes through ``cxrexplain_lab.train.demo_classifier`` /
 ``demo_autoencoder``, the same code ``export/train_demo.py`` and the benchmarks use.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrexplain.phantom import FINDINGS, PhantomDataset, PhantomSample
-from cxrexplain.train import DemoConfig, demo_autoencoder, demo_classifier
+from cxrexplain_lab.phantom import FINDINGS, PhantomDataset, PhantomSample
+from cxrexplain_lab.train import DemoConfig, demo_autoencoder, demo_classifier
 
 CACHE_DIR = Path(__file__).parents[1] / ".cache" / "test-models"
 
@@ -94,7 +94,7 @@ def phantom_batch(phantom_config) -> list[PhantomSample]:
     """Eight held-out 64 px phantoms (seeds unseen in training), each with at least one finding, so every
     finding appears with its box and mask. ``torch.stack([torch.from_numpy(s.image)[None] for s in batch])``
     gives the (8, 1, 64, 64) unit-space batch."""
-    from cxrexplain.phantom import make_phantom
+    from cxrexplain_lab.phantom import make_phantom
 
     picks = [["Cardiomegaly"], ["Nodule"], ["Mass"], ["Effusion"], ["Pneumothorax"], ["Cardiomegaly", "Effusion"],
              ["Mass", "Pneumothorax"], ["Nodule", "Cardiomegaly"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cxrexplain import Explainer
-from export.evaluate import evaluate, markdown
+from cxrexplain_lab.evaluate import evaluate, markdown
 
 
 def test_evaluation_report(phantom_classifier):
@@ -25,8 +25,8 @@ def test_evaluation_report(phantom_classifier):
 
 
 def test_heldout_split_differs_from_training(phantom_config):
-    from cxrexplain.phantom import PhantomDataset
-    from export.evaluate import HELD_OUT_SEED
+    from cxrexplain_lab.evaluate import HELD_OUT_SEED
+    from cxrexplain_lab.phantom import PhantomDataset
 
     train = PhantomDataset(8, size=32, seed=phantom_config.seed)
     held_out = PhantomDataset(8, size=32, seed=HELD_OUT_SEED)

@@ -15,6 +15,8 @@ from cxrexplain.spec import unit_spec
 from export import archive, cli
 from export.recipe import RecipeError, load_recipe
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def weights(tmp_path) -> Path:
@@ -87,6 +89,20 @@ def test_export_builds_archive_and_manifest(tmp_path, weights):
     assert not any("__pycache__" in n for n in names)
     assert json.loads(zipfile.ZipFile(store / "m.mar").read("serve.json"))["torch_threads"] == 1
     assert not list(store.glob(".export-*"))  # no staging left behind
+
+
+def test_archive_ships_what_serving_runs_and_no_lab(tmp_path, weights):
+    recipe = write_recipe(tmp_path, [entry(onnx=False)])
+    store = tmp_path / "store"
+    assert cli.main([str(recipe), "--store", str(store)]) == 0
+    names = zipfile.ZipFile(store / "m.mar").namelist()
+    packages = {n.split("/")[0] for n in names if n.endswith(".py") and "/" in n}
+    assert packages == {"cxrexplain", "cxrexplain_imageio", "cxrexplain_serving", "cxrexplain_render"}
+    lab_modules = {p.stem for p in (ROOT / "lab" / "cxrexplain_lab").glob("*.py")} - {"__init__"}
+    assert lab_modules >= {"phantom", "train", "losses", "metrics"}
+    shipped_modules = {Path(n).stem for n in names if n.endswith(".py")}
+    assert not lab_modules & shipped_modules, lab_modules & shipped_modules
+    assert not any("cxrexplain_lab" in n or "tqdm" in n for n in names)
 
 
 def test_stream_true_writes_a_sequence_batching_twin(tmp_path, weights):

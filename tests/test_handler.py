@@ -23,9 +23,9 @@ import yaml
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
 from cxrexplain.models import build_classifier, save_autoencoder, save_classifier
-from cxrexplain.service import decode
 from cxrexplain.spec import unit_spec
-from cxrexplain.telemetry import ALL_METRICS, metrics_yaml_section
+from cxrexplain_serving.service import decode
+from cxrexplain_serving.telemetry import ALL_METRICS, metrics_yaml_section
 
 ts = pytest.importorskip("ts")
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402

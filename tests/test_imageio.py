@@ -29,8 +29,9 @@ from pydicom.uid import (
 )
 
 from cxrexplain.errors import CxrExplainError, InvalidInput, UnsupportedMediaType
-from cxrexplain.imageio import Geometry, decode_image, detect_kind, to_model_input
+from cxrexplain.preprocess import Geometry, to_model_input
 from cxrexplain.spec import XRV, unit_spec
+from cxrexplain_imageio import decode_image, detect_kind
 
 RNG = np.random.default_rng(0)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cxrexplain.losses import CBFocal, Focal, label_counts, make_loss
+from cxrexplain_lab.losses import CBFocal, Focal, label_counts, make_loss
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.3], [-0.5, 1.5, -2.0], [0.0, 0.7, 3.0], [1.2, -2.5, 0.1]],
                       dtype=torch.float64)

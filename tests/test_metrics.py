@@ -8,12 +8,13 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from cxrexplain import metrics
+from cxrexplain_lab import metrics
+from cxrexplain_render import normalize_for_display
 
 
 def test_normalize_for_display():
     maps = np.array([[[-2.0, 1.0], [2.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]], [[-1.0, -3.0], [-0.5, -2.0]]])
-    out = metrics.normalize_for_display(torch.from_numpy(maps))
+    out = normalize_for_display(torch.from_numpy(maps))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[0], [[0.0, 0.25], [0.5, 1.0]])
     assert (out[1] == 0).all() and (out[2] == 0).all()  # all-zero and all-negative maps stay zero

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrexplain.phantom import FINDINGS, PhantomDataset, draw_labels, make_phantom
+from cxrexplain_lab.phantom import FINDINGS, PhantomDataset, draw_labels, make_phantom
 
 
 def test_deterministic_per_seed():

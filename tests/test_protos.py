@@ -83,7 +83,7 @@ def test_server_and_client_stubs_share_the_explain_schema() -> None:
     from cxrexplain_client._proto import explain_pb2 as client_pb2
 
     server = importlib.util.spec_from_file_location(
-        "server_explain_pb2", ROOT / "handlers" / "cxrexplain" / "wire" / "explain_pb2.py"
+        "server_explain_pb2", ROOT / "handlers" / "cxrexplain_serving" / "wire" / "explain_pb2.py"
     )
     assert server is not None and server.loader is not None
     server_pb2 = importlib.util.module_from_spec(server)

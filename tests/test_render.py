@@ -13,8 +13,10 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from test_imageio import dicom_bytes, make_dicom, ramp12
 
 from cxrexplain.errors import InvalidInput, InvalidOption
-from cxrexplain.imageio import Geometry, decode_image, to_model_input
-from cxrexplain.render import (
+from cxrexplain.preprocess import Geometry, to_model_input
+from cxrexplain.spec import unit_spec
+from cxrexplain_imageio import decode_image
+from cxrexplain_serving.render import (
     COLORMAP_LUT,
     NOT_FOR_DIAGNOSTIC_USE,
     colorize,
@@ -29,7 +31,6 @@ from cxrexplain.render import (
     save_overlay_png,
     srgb_to_lab,
 )
-from cxrexplain.spec import unit_spec
 
 RNG = np.random.default_rng(7)
 

@@ -29,7 +29,7 @@ from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer
 from cxrexplain.methods import base as registry
 
 try:
-    from cxrexplain.metrics import spearman as _spearman
+    from cxrexplain_lab.metrics import spearman as _spearman
 except ImportError:  # the metrics module may not exist yet: scipy computes the same statistic
     _spearman = None
 

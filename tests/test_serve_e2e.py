@@ -22,9 +22,9 @@ import yaml
 from PIL import Image
 
 from cxrexplain.models import save_autoencoder, save_classifier
-from cxrexplain.options import OPTIONS_HEADER
 from cxrexplain_client import codec
 from cxrexplain_client._proto import explain_pb2, inference_pb2, inference_pb2_grpc
+from cxrexplain_serving.options import OPTIONS_HEADER
 from export import cli as export_cli
 from export.launcher import Ports, TorchServe
 

@@ -10,15 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrexplain import render
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
-from cxrexplain.imageio import decode_image, to_model_input
 from cxrexplain.models import build_classifier
-from cxrexplain.options import PROTOBUF, parse_options, with_header_options
-from cxrexplain.service import CostCaps, ExplainService, OnnxPredictor, RowRequest, decode
+from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
-from cxrexplain.telemetry import DECODE_ERRORS, METHOD_LATENCY, RECONSTRUCTION_GAP, REQUESTS, Telemetry
+from cxrexplain_imageio import decode_image
+from cxrexplain_serving import render
+from cxrexplain_serving.options import PROTOBUF, parse_options, with_header_options
+from cxrexplain_serving.service import CostCaps, ExplainService, OnnxPredictor, RowRequest, decode
+from cxrexplain_serving.telemetry import DECODE_ERRORS, METHOD_LATENCY, RECONSTRUCTION_GAP, REQUESTS, Telemetry
 
 LABELS = ["Cardiomegaly", "Nodule", "Mass", "Effusion", "Pneumothorax"]
 SIZE = 64

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cxrexplain import metrics
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.models import build_classifier
-from cxrexplain.phantom import FINDINGS, PhantomDataset
 from cxrexplain.spec import TORCHVISION, unit_spec
-from cxrexplain.train import (
+from cxrexplain_lab import metrics
+from cxrexplain_lab.phantom import FINDINGS, PhantomDataset
+from cxrexplain_lab.train import (
     DemoConfig,
     cache_key,
     materialize,

@@ -1,6 +1,7 @@
-"""The one metrics module: heatmap normalization for display and IoU, localization scores, AUROC, Spearman.
+"""The evaluation metrics: IoU of the normalized map, best-case IoU, AUROC, Spearman.
 
-Heatmaps leave the engine raw and signed; normalization is written down here once (DESIGN.md): negatives are
+Heatmaps leave the engine raw and signed; the IoU uses the display normalization of
+:func:`cxrexplain_render.normalize_for_display`, written down once: negatives are
 cast to zero, then each map is divided by its maximum (000 §4, "Negative attributions are cast as zero ...
 heatmaps ... normalized in {0 ~ 1}"). Every function takes numpy arrays or torch tensors and returns numpy.
 """
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrexplain_render import normalize_for_display
+
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive: region [y0:y1, x0:x1]
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # 000 Table 2
@@ -22,27 +25,6 @@ def _np(a: ArrayLike, dtype: Any = np.float64) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
     return np.asarray(a, dtype=dtype)
-
-
-def normalize_for_display(maps: ArrayLike) -> np.ndarray:
-    """Negatives cast to zero, then each 2-D map divided by its own maximum; an all-zero map stays zero.
-
-    Parameters
-    ----------
-    maps
-        (H, W) or (..., H, W) raw heatmaps.
-
-    Returns
-    -------
-    np.ndarray
-        float32 in [0, 1], same shape.
-    """
-    m = np.maximum(_np(maps), 0.0)
-    if m.ndim < 2:
-        raise ValueError(f"heatmaps are (H, W) or (..., H, W), got shape {m.shape}")
-    peak = m.max(axis=(-2, -1), keepdims=True)
-    out = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
-    return out.astype(np.float32)
 
 
 def box_mask(box: Box, shape: tuple[int, int]) -> np.ndarray:

@@ -1,11 +1,11 @@
 """Train the demo models on the phantom set and write weights + metadata sidecars for the exporter.
 
-    python -m export.train_demo --out .cache/demo-weights --size 128 [--seed 0]
+    python -m cxrexplain_lab.train_demo --out .cache/demo-weights --size 128 [--seed 0]
 
 writes ``cxr_densenet.pt`` / ``cxr_densenet.json`` (the classifier: labels, input spec, operating points chosen
 on a validation split by Youden's J, held-out AUROC per label, training config, seed) and ``cxr_ae.pt`` /
 ``cxr_ae.json`` (the autoencoder that backs latent shift: input spec, held-out reconstruction MAE). Training is
-``cxrexplain.train.demo_classifier`` / ``demo_autoencoder``, the same code the test fixtures use.
+``cxrexplain_lab.train.demo_classifier`` / ``demo_autoencoder``, the same code the test fixtures use.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrexplain import metrics
-from cxrexplain.phantom import FINDINGS, PhantomDataset
-from cxrexplain.train import DemoConfig, demo_autoencoder, demo_classifier, predict
+from cxrexplain_lab import metrics
+from cxrexplain_lab.phantom import FINDINGS, PhantomDataset
+from cxrexplain_lab.train import DemoConfig, demo_autoencoder, demo_classifier, predict
 
 CLASSIFIER_NAME = "cxr_densenet"
 AUTOENCODER_NAME = "cxr_ae"
 
-log = logging.getLogger("export.train_demo")
+log = logging.getLogger("cxrexplain_lab.train_demo")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.train_demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cxrexplain_lab.train_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder for <name>.pt and <name>.json")
     p.add_argument("--size", type=int, default=128, help="input resolution in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         op_thresholds=clf.op_thresholds, op_threshold_rule="youden_j_on_validation_split",
         heldout_auroc=test_auroc, validation_auroc=meta["val_auroc"], training=meta["report"]["config"],
         train_seconds=meta["report"]["seconds"], config=config.to_dict(), seed=config.seed,
-        trained_on="procedural phantoms (cxrexplain.phantom); not for diagnostic use",
+        trained_on="procedural phantoms (cxrexplain_lab.phantom); not for diagnostic use",
     )
     _write(args.out, CLASSIFIER_NAME, clf.module, sidecar)
     log.info("classifier done in %.0f s; held-out AUROC %s", time.perf_counter() - start,

@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+import cxrexplain
+from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
+from cxrexplain.explainer import select_device
+from cxrexplain.spec import InputSpec, unit_spec
+
 from . import metrics
-from .bundle import AutoencoderBundle, ClassifierBundle
-from .explainer import select_device
 from .losses import make_loss
 from .phantom import FINDINGS, PhantomDataset
-from .spec import InputSpec, unit_spec
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +152,11 @@ def train_classifier(
     input_spec
         The model's input space.
     dataset
-        Items ``(g (1, H, W) in [0, 1], labels (L,))``, e.g. :class:`~cxrexplain.phantom.PhantomDataset`.
+        Items ``(g (1, H, W) in [0, 1], labels (L,))``, e.g. :class:`~cxrexplain_lab.phantom.PhantomDataset`.
     epochs, batch_size, lr, weight_decay
         Optimization settings.
     loss
-        ``"bce"``, ``"wbce"``, ``"focal"`` or ``"cb_focal"`` (:func:`cxrexplain.losses.make_loss`); the class
+        ``"bce"``, ``"wbce"``, ``"focal"`` or ``"cb_focal"`` (:func:`cxrexplain_lab.losses.make_loss`); the class
         counts come from ``dataset``'s labels. ``loss_params`` go to the loss (alpha, gamma, beta).
     seed
         Seeds weight-independent randomness: shuffling, augmentation, dropout.
@@ -367,15 +369,15 @@ class DemoConfig:
 
 
 _HERE = Path(__file__).resolve().parent
+_ENGINE = Path(cxrexplain.__file__).resolve().parent
 
 
 def cache_key(config: DemoConfig, kind: str) -> str:
     """Hash of the config and the sources that shape the trained weights: a change retrains."""
     h = hashlib.sha256(json.dumps({"kind": kind, **config.fields_for(kind)}, sort_keys=True).encode())
-    sources = ["phantom.py", "train.py", "spec.py"]
-    sources += ["losses.py", "models.py"] if kind == "classifier" else ["autoencoder.py"]
-    for name in sources:
-        path = _HERE / name
+    sources = [_HERE / "phantom.py", _HERE / "train.py", _ENGINE / "spec.py"]
+    sources += [_HERE / "losses.py", _ENGINE / "models.py"] if kind == "classifier" else [_ENGINE / "autoencoder.py"]
+    for path in sources:
         h.update(path.read_bytes() if path.exists() else b"")
     h.update(torch.__version__.encode())
     return h.hexdigest()[:16]
@@ -414,7 +416,7 @@ def demo_classifier(config: DemoConfig = DemoConfig(), cache_dir: str | Path | N
         The bundle (labels :data:`FINDINGS`, ``unit_spec(1, size)``, Youden operating points) and metadata:
         ``val_auroc`` per label, ``op_thresholds``, ``report`` (training figures), ``config``, ``cache_key``.
     """
-    from .models import build_classifier
+    from cxrexplain.models import build_classifier
 
     spec = unit_spec(1, config.size)
     module = build_classifier(config.arch, num_labels=len(FINDINGS), in_channels=1)
@@ -449,7 +451,7 @@ def demo_autoencoder(config: DemoConfig = DemoConfig(), cache_dir: str | Path | 
                      progress: bool = False, device: str | torch.device | None = None
                      ) -> tuple[AutoencoderBundle, dict[str, Any]]:
     """The phantom-trained demo autoencoder (``cxrexplain.autoencoder.build_autoencoder(config.ae_arch)``)."""
-    from .autoencoder import build_autoencoder
+    from cxrexplain.autoencoder import build_autoencoder
 
     spec = unit_spec(1, config.size)
     key = cache_key(config, "autoencoder")

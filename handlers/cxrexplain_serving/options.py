@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidInput, InvalidOption, UnknownMethod
-from .methods import base as registry
+from cxrexplain.errors import InvalidInput, InvalidOption, UnknownMethod
+from cxrexplain.methods import base as registry
 
 BODY_KEYS = ("data", "body")
 # Keys TorchServe itself reads from a gRPC input map (sequence control): not ours to validate.

@@ -15,10 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import imageio, render
-from .bundle import AutoencoderBundle
-from .errors import CxrExplainError, InvalidInput, InvalidOption
-from .explainer import select_device
+import cxrexplain_imageio
+from cxrexplain.bundle import AutoencoderBundle
+from cxrexplain.errors import CxrExplainError, InvalidInput, InvalidOption
+from cxrexplain.explainer import select_device
+from cxrexplain.preprocess import to_model_input
+
+from . import render
 from .options import check_request_id, negotiate, parse_options, text, with_header_options
 from .service import CostCaps, Emit, RowRequest, RowResult
 from .telemetry import Telemetry, new_request_id
@@ -84,9 +87,9 @@ class AutoencoderService:
         if operation == "decode":
             z = torch.from_numpy(_latent(body)).to(self.device)[None]
         else:
-            decoded = imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
+            decoded = cxrexplain_imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
                                            max_bytes=self.caps.max_request_bytes)
-            x, _ = imageio.to_model_input(decoded.pixels, spec)
+            x, _ = to_model_input(decoded.pixels, spec)
             z = self.bundle.encode(x.to(self.device))
             if operation == "encode":
                 flat = z[0].float().cpu().numpy()

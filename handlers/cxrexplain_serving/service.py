@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from google.protobuf import json_format
 
-from . import imageio
-from .bundle import AutoencoderBundle, ClassifierBundle
-from .errors import (
+import cxrexplain_imageio
+from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
+from cxrexplain.errors import (
     AutoencoderRequired,
     CostCapExceeded,
     CxrExplainError,
@@ -43,8 +43,12 @@ from .errors import (
     UnsupportedMediaType,
     UnsupportedModel,
 )
-from .explainer import Explainer, ExplanationResult
-from .methods import base as registry
+from cxrexplain.explainer import Explainer, ExplanationResult
+from cxrexplain.methods import base as registry
+from cxrexplain.preprocess import Geometry, to_model_input
+from cxrexplain_render import normalize_for_display
+
+from . import render
 from .options import (
     JSON,
     PROTOBUF,
@@ -212,7 +216,7 @@ class _Work:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     instances: dict[str, registry.Method] = field(default_factory=dict)
     x: torch.Tensor | None = None
-    geometry: imageio.Geometry | None = None
+    geometry: Geometry | None = None
     probabilities: torch.Tensor | None = None
     targets: list[int] = field(default_factory=list)
     result: ExplanationResult | None = None
@@ -415,12 +419,12 @@ class ExplainService:
             raise InvalidInput(f"request body of {len(body)} bytes is above the limit of "
                                f"{self.caps.max_request_bytes} bytes: downsample or compress the image")
         try:
-            image = imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
+            image = cxrexplain_imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
                                          value_range=opts.value_range)
         except CxrExplainError as exc:
             self.telemetry.decode_error(str(getattr(exc, "code", "invalid_input")), w.request_id)
             raise
-        w.x, w.geometry = imageio.to_model_input(image.pixels, self.bundle.input_spec)
+        w.x, w.geometry = to_model_input(image.pixels, self.bundle.input_spec)
         w.timings["decode"] = _ms(started)
 
     def _infer_kind(self, opts: RequestOptions, explain_flag: bool) -> str:
@@ -742,8 +746,6 @@ class ExplainService:
         result = w.result
         if result is None or result.frames is None or "latent_shift" not in w.methods:
             return []
-        from . import render
-
         out = []
         opts = w.options
         method = w.instances.get("latent_shift")
@@ -768,13 +770,9 @@ class ExplainService:
 
     def _map(self, values: np.ndarray, opts: RequestOptions, display: bool) -> explain_pb2.Map:
         """A raw signed map (``display=False``) or a display-space frame as a wire Map."""
-        from . import render
-
         height, width = values.shape[-2:]
         if opts.heatmap_format == "png":
             if not display:
-                from .metrics import normalize_for_display
-
                 values = np.asarray(normalize_for_display(values))
             return explain_pb2.Map(height=height, width=width, dtype="png", data=render.encode_png(values))
         return explain_pb2.Map(height=height, width=width, dtype=opts.heatmap_dtype,
@@ -808,7 +806,7 @@ def _body_bytes(body: Any) -> bytes:
                                "(image/png, image/jpeg, application/dicom), not application/json")
 
 
-def _geometry(g: imageio.Geometry) -> explain_pb2.Geometry:
+def _geometry(g: Geometry) -> explain_pb2.Geometry:
     return explain_pb2.Geometry(**g.to_dict())
 
 

@@ -1,7 +1,7 @@
 """Rendering, kept apart from the maths: heatmaps back to the original geometry, colour, overlays, encodings.
 
 Inputs are raw engine heatmaps (signed, at the model's resolution) or display-space images in [0, 1].
-Display normalization is not redefined here: it is :func:`cxrexplain.metrics.normalize_for_display`
+Display normalization is not redefined here: it is :func:`cxrexplain_render.normalize_for_display`
 (negatives cast to zero, then divided by the per-map maximum), the one definition shared with the metrics.
 Nothing here logs; DICOM attributes passed in are used only to build the derived object.
 """
@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import InvalidInput, InvalidOption
-from .imageio import Geometry, dicom_info, dicom_patient_link
-from .metrics import normalize_for_display
+from cxrexplain.errors import InvalidInput, InvalidOption
+from cxrexplain.preprocess import Geometry
+from cxrexplain_imageio import dicom_info, dicom_patient_link
+from cxrexplain_render import normalize_for_display
 
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 ArrayDType = Literal["float16", "float32"]
@@ -94,7 +95,7 @@ def _check_finite(a: np.ndarray, what: str) -> None:
 
 
 def normalize(heatmap: Any) -> np.ndarray:
-    """Raw (H, W) heatmap -> [0, 1] float32 by :func:`cxrexplain.metrics.normalize_for_display`."""
+    """Raw (H, W) heatmap -> [0, 1] float32 by :func:`cxrexplain_render.normalize_for_display`."""
     h = _as_numpy(heatmap).astype(np.float32)
     _check_finite(h, "heatmap")
     return np.asarray(_as_numpy(normalize_for_display(h)), dtype=np.float32)
@@ -323,7 +324,7 @@ def heatmap_to_dicom_secondary_capture(
     Parameters
     ----------
     source
-        The source ``pydicom.Dataset``, or the info dict of :func:`cxrexplain.imageio.dicom_info`
+        The source ``pydicom.Dataset``, or the info dict of :func:`cxrexplain_imageio.dicom_info`
         (``DecodedImage.dicom``), which must hold the Study, Series and SOP Instance UIDs.
     overlay_rgb
         (H, W, 3) uint8 array or PIL RGB image, normally :func:`overlay` at the original geometry.

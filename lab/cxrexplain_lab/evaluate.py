@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrexplain import Explainer, metrics
+from cxrexplain import Explainer
 from cxrexplain.models import load_autoencoder, load_classifier
-from cxrexplain.phantom import PhantomDataset
+from cxrexplain_lab import metrics
+from cxrexplain_lab.phantom import PhantomDataset
 
 METHODS = ("cam", "gradcam", "lrp", "rap", "saliency", "guided_backprop", "integrated_gradients", "latent_shift")
 # Gradient signs say which way a pixel pushes, not whether it matters: 003 takes |map| for them. For CAM, LRP and
 # RAP negative means evidence against (RAP: irrelevant), so their positive part is the explanation's region.
 ABSOLUTE = frozenset({"saliency", "guided_backprop", "integrated_gradients", "latent_shift"})
-HELD_OUT_SEED = 90_210  # training draws from seed*2+1000 and validation from seed*2+1001 (cxrexplain.train)
+HELD_OUT_SEED = 90_210  # training draws from seed*2+1000 and validation from seed*2+1001 (cxrexplain_lab.train)
 
 
 def evaluate(explainer: Explainer, n: int, methods: tuple[str, ...], seed: int = HELD_OUT_SEED,
