@@ -7,7 +7,11 @@ DEMO_WEIGHTS := .cache/demo-weights
 DEMO_RECIPE := export/demo_recipe.yaml
 RUN_DIR := .run
 
-.PHONY: help venv java lint typecheck pytest test demo-models archives serve stop clean
+# Debian packages the tests use, as command:package. Installed with apt-get when missing and run as root (CI, a
+# fresh machine); otherwise `make` names them and stops.
+SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus
+
+.PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop clean
 
 help:
 	@echo "make serve   install, train+export the demo archives, start TorchServe on localhost"
@@ -24,7 +28,14 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 venv: $(STAMP)
 
-java:
+system:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing; install them: sudo apt-get install -y$$missing"; exit 1; fi; \
+	echo "installing Debian packages:$$missing"; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+java: system
 	@$(BIN)/python -m export.java_check
 
 lint: venv

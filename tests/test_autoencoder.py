@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torchxrayvision as xrv
 
 from cxrexplain.autoencoder import (
     SMALL,
@@ -18,8 +19,6 @@ from cxrexplain.autoencoder import (
 )
 from cxrexplain.errors import WeightsError
 from cxrexplain.spec import XRV
-
-xrv = pytest.importorskip("torchxrayvision")
 
 
 def _randomize_batch_norms(model: nn.Module) -> None:

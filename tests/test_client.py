@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("cxrexplain_client") is None:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "client"))
 
-grpc = pytest.importorskip("grpc")
+import grpc  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from google.rpc import status_pb2  # noqa: E402
 

@@ -99,8 +99,6 @@ def test_unknown_method_lists_the_known_ones(bundle: ClassifierBundle, x: torch.
 
 
 def test_latent_shift_without_autoencoder(bundle: ClassifierBundle, x: torch.Tensor) -> None:
-    if "latent_shift" not in registry.REGISTRY:
-        pytest.skip("latent_shift is not registered yet")
     with pytest.raises(AutoencoderRequired, match="autoencoder"):
         Explainer(bundle, device="cpu").explain(x, methods=["cam", "latent_shift"], targets=0)
 

@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import ts  # noqa: E402,F401
 import yaml
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
+from ts.model_loader import TsModelLoader  # noqa: E402
+from ts.protocol.otf_message_handler import retrieve_msg  # noqa: E402
 
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
@@ -26,11 +30,6 @@ from cxrexplain.models import build_classifier, save_autoencoder, save_classifie
 from cxrexplain.spec import unit_spec
 from cxrexplain_serving.service import decode
 from cxrexplain_serving.telemetry import ALL_METRICS, metrics_yaml_section
-
-ts = pytest.importorskip("ts")
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
-from ts.model_loader import TsModelLoader  # noqa: E402
-from ts.protocol.otf_message_handler import retrieve_msg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_YAML = ROOT / "model_store" / "metrics.yaml"

@@ -7,14 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_DIR = ROOT / "client"
 if importlib.util.find_spec("cxrexplain_client") is None:  # not installed: use the source tree
     sys.path.insert(0, str(CLIENT_DIR))
-
-pytest.importorskip("grpc_tools")
 
 sys.path.insert(0, str(ROOT / "protos"))
 import generate  # noqa: E402  (protos/generate.py)
