@@ -427,6 +427,8 @@ def test_to_dicom_secondary_capture() -> None:
     assert "NOT FOR DIAGNOSTIC USE" in sc.ImageComments
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (src.Rows, src.Columns, 3)
+    # The one writer's guarantees hold for SDK exports too: the marking burned in, no patient data beyond the link.
+    assert sc.BurnedInAnnotation == "YES" and not sc.get("PatientSex")
 
 
 # --------------------------------------------------------------------------------------------------- REST
