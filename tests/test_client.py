@@ -36,6 +36,7 @@ from google.protobuf import json_format  # noqa: E402
 from google.rpc import status_pb2  # noqa: E402
 
 import cxrexplain_client as cx  # noqa: E402
+import cxrexplain_render  # noqa: E402
 from cxrexplain_client import codec  # noqa: E402
 from cxrexplain_client._proto import (  # noqa: E402
     explain_pb2,
@@ -380,6 +381,25 @@ def test_overlay_and_gif() -> None:
     np.testing.assert_array_equal(np.asarray(flat.overlay("cam", img)), original)
 
 
+def test_overlay_is_the_render_package_picture() -> None:
+    # One render path: the SDK's overlay of a response map is cxrexplain_render.overlay of the same array
+    # through the wire's geometry message, pixel for pixel (the picture the server side and the docs draw).
+    raw = _arrays()["cam"]
+    msg = make_response("float32")
+    img = png_bytes(20, 30)
+    gray = np.asarray(Image.open(io.BytesIO(img)))
+    expected = np.asarray(cxrexplain_render.overlay(gray, raw, geometry=msg.geometry))
+    np.testing.assert_array_equal(np.asarray(codec.to_explanation(msg).overlay("cam", img, target="A")), expected)
+    # A png response carries the server's display-normalized map; its overlay is the same picture up to the
+    # 8-bit quantization of the map.
+    png = explain_pb2.Map(height=H, width=W, dtype="png",
+                          data=cxrexplain_render.encode_png(cxrexplain_render.normalize_for_display(raw)))
+    png_result = cx.TargetResult("A", heatmaps={"cam": codec.decode_map(png)}, normalized={"cam": True},
+                                 geometry=cx.Geometry(20, 30, 0, 5, 20, H))
+    got = np.asarray(png_result.overlay("cam", img)).astype(int)
+    assert np.abs(got - expected).max() <= 2
+
+
 def test_save_gif(tmp_path: Path) -> None:
     ls = codec.to_explanation(make_response()).results["A"].latent_shift
     assert ls is not None
@@ -407,6 +427,8 @@ def test_to_dicom_secondary_capture() -> None:
     assert "NOT FOR DIAGNOSTIC USE" in sc.ImageComments
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert (sc.Rows, sc.Columns, sc.SamplesPerPixel) == (src.Rows, src.Columns, 3)
+    # The one writer's guarantees hold for SDK exports too: the marking burned in, no patient data beyond the link.
+    assert sc.BurnedInAnnotation == "YES" and not sc.get("PatientSex")
 
 
 # --------------------------------------------------------------------------------------------------- REST

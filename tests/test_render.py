@@ -1,34 +1,38 @@
-"""Rendering: geometry back-mapping, colormap, overlays, PNG/GIF/array encodings, DICOM Secondary Capture."""
+"""The one render package (cxrexplain_render): geometry back-mapping, colormap, overlays, PNG/GIF/array
+encodings, DICOM Secondary Capture; checked against the engine's geometry and the server's image decoder."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pydicom
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageSequence
 from pydicom.uid import SecondaryCaptureImageStorage
 from test_imageio import dicom_bytes, make_dicom, ramp12
 
-from cxrexplain.errors import InvalidInput, InvalidOption
 from cxrexplain.preprocess import Geometry, to_model_input
 from cxrexplain.spec import unit_spec
 from cxrexplain_imageio import decode_image
-from cxrexplain_serving.render import (
+from cxrexplain_render import (
     COLORMAP_LUT,
     NOT_FOR_DIAGNOSTIC_USE,
+    RenderInputError,
+    RenderOptionError,
     colorize,
     decode_array,
     encode_array,
     encode_png,
     frames_to_gif,
-    heatmap_to_dicom_secondary_capture,
     heatmap_to_original,
+    normalize_for_display,
     overlay,
-    render_heatmap_png,
-    save_overlay_png,
+    secondary_capture,
     srgb_to_lab,
 )
 
@@ -58,9 +62,31 @@ def test_geometry_round_trip_square_maps_to_rectangle() -> None:
 def test_geometry_stretch_and_invalid() -> None:
     back = heatmap_to_original(np.ones((32, 32), np.float32), Geometry(40, 100, 0, 0, 0, 32))
     assert back.shape == (40, 100) and np.allclose(back, 1.0)
-    with pytest.raises(InvalidInput, match="outside"):
+    with pytest.raises(RenderInputError, match="outside"):
         heatmap_to_original(np.ones((32, 32)), Geometry(40, 100, 0, 80, 40, 32))
     assert heatmap_to_original(torch.ones(32, 32), Geometry(64, 64, 0, 0, 64, 32)).dtype == np.float32
+
+
+@pytest.mark.parametrize(("shape", "size"), [((40, 40), (80, 80)), ((64, 64), (20, 20)), ((32, 32), (40, 100))])
+def test_resize_matches_torch_bilinear(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    # The render path has no torch; its Pillow resize must give what the server drew with torch before:
+    # bilinear at pixel centres, antialiased when shrinking.
+    m = RNG.random(shape, dtype=np.float32)
+    t = torch.from_numpy(m)[None, None]
+    shrink = size[0] < shape[0] or size[1] < shape[1]
+    expected = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)[0, 0].numpy()
+    back = heatmap_to_original(m, Geometry(size[0], size[1], 0, 0, 0, shape[0]))
+    np.testing.assert_allclose(back, expected, atol=1e-5, rtol=0)
+
+
+def test_package_imports_without_torch_or_dicom_libraries() -> None:
+    # numpy and Pillow only at import: the client SDK installs without torch, pydicom and highdicom.
+    heavy = ("torch", "torchvision", "ts", "pydicom", "highdicom", "cxrexplain", "cxrexplain_imageio",
+             "cxrexplain_serving", "cxrexplain_lab", "export")
+    code = ("import sys, cxrexplain_render, cxrexplain_client; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # --------------------------------------------------------------------------------------------- colour
@@ -72,6 +98,8 @@ def test_colormap_lightness_rises_linearly() -> None:
     assert (np.diff(lightness) > 0).all()  # strictly brighter with more evidence
     assert np.abs(lightness - np.linspace(lightness[0], lightness[-1], 256)).max() < 1.0
     assert lightness[0] < 10 and lightness[-1] > 90
+    steps = np.diff(lightness)  # near-constant steps: no band of the map looks like an edge
+    assert steps.min() > 0.4 * steps.mean() and steps.max() < 2.0 * steps.mean()
     chroma = np.hypot(*srgb_to_lab(COLORMAP_LUT / 255.0)[:, 1:].T)
     assert chroma[64:200].min() > 40  # coloured in the middle, not a gray ramp
 
@@ -92,7 +120,7 @@ def test_colorize_indexes_lut() -> None:
     np.testing.assert_array_equal(c[1, 1], COLORMAP_LUT[255])  # clipped
     np.testing.assert_array_equal(c[2, 0], COLORMAP_LUT[0])
     np.testing.assert_array_equal(c[2, 1], COLORMAP_LUT[254])
-    with pytest.raises(InvalidInput, match="NaN"):
+    with pytest.raises(RenderInputError, match="NaN"):
         colorize(np.full((2, 2), np.nan))
 
 
@@ -109,9 +137,9 @@ def test_overlay_blends_by_normalized_evidence() -> None:
     np.testing.assert_allclose(out[15, 15], np.rint(0.55 * 127.5 + 0.45 * COLORMAP_LUT[255]), atol=0.51)
     w = 0.45 * 0.5
     np.testing.assert_allclose(out[32, 32], np.rint((1 - w) * 127.5 + w * COLORMAP_LUT[128]), atol=0.51)
-    with pytest.raises(InvalidOption):
+    with pytest.raises(RenderOptionError):
         overlay(image, heat, alpha=1.5)
-    with pytest.raises(InvalidInput, match="geometry"):
+    with pytest.raises(RenderInputError, match="geometry"):
         overlay(np.zeros((60, 80)), heat)
 
 
@@ -125,7 +153,8 @@ def test_overlay_with_geometry_and_file(tmp_path) -> None:  # type: ignore[no-un
     gray = np.rint(image * 255)
     np.testing.assert_allclose(out[:, :20, 0], gray[:, :20], atol=0.51)  # left of the crop: untouched
     assert np.abs(out[30:50, 50:70].astype(float) - gray[30:50, 50:70, None]).max() > 20
-    path = save_overlay_png(tmp_path / "o.png", image, heat, geometry=geo)
+    path = tmp_path / "o.png"
+    path.write_bytes(encode_png(out))
     np.testing.assert_array_equal(np.asarray(Image.open(path)), out)
 
 
@@ -144,11 +173,11 @@ def test_png_8bit_16bit_and_rgb_round_trip() -> None:
     np.testing.assert_allclose(decode_image(data16).pixels, m, atol=0.5 / 65535 + 1e-7)  # our decoder agrees
     rgb = RNG.integers(0, 256, (36, 44, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(rgb)))), rgb)
-    with pytest.raises(InvalidOption):
+    with pytest.raises(RenderOptionError):
         encode_png(m, bit_depth=12)  # type: ignore[arg-type]
     raw = np.zeros((40, 40), np.float32)
     raw[5, 5], raw[6, 6] = 8.0, -8.0
-    shown = np.asarray(Image.open(io.BytesIO(render_heatmap_png(raw))))
+    shown = np.asarray(Image.open(io.BytesIO(encode_png(normalize_for_display(raw)))))  # the wire's png form
     assert shown[5, 5] == 255 and shown[6, 6] == 0 and shown.sum() == 255
 
 
@@ -162,11 +191,11 @@ def test_array_round_trip() -> None:
     back = decode_array(b16, 24, 30, "float16")
     assert back.dtype == np.float32
     np.testing.assert_allclose(back, h, rtol=2.0**-11, atol=2.0**-24)  # half precision: 11-bit significand
-    with pytest.raises(InvalidOption, match="float32"):
+    with pytest.raises(RenderOptionError, match="float32"):
         encode_array(np.full((4, 4), 1e6), "float16")
-    with pytest.raises(InvalidOption):
+    with pytest.raises(RenderOptionError):
         encode_array(h, "int8")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput, match="bytes"):
+    with pytest.raises(RenderInputError, match="bytes"):
         decode_array(b16[:-2], 24, 30, "float16")
 
 
@@ -197,7 +226,7 @@ def test_gif_forward_only_and_play_once() -> None:
     decoded, im = _gif_frames(frames_to_gif(frames, bounce=False, loop=None))
     assert len(decoded) == 4 and "loop" not in im.info
     np.testing.assert_array_equal(decoded[3], np.rint(frames[3] * 255).astype(np.uint8))
-    with pytest.raises(InvalidInput):
+    with pytest.raises(RenderInputError):
         frames_to_gif(np.zeros((32, 32)))
 
 
@@ -232,7 +261,7 @@ def test_secondary_capture_from_dataset() -> None:
     heat[20:40, 20:40] = 1.0
     _, geo = to_model_input(img.pixels, unit_spec(1, size=64))
     rgb = np.asarray(overlay(img.pixels, heat, geometry=geo))
-    sc = heatmap_to_dicom_secondary_capture(src, rgb, "cxrexplain RAP Cardiomegaly")
+    sc = secondary_capture(src, rgb, "cxrexplain RAP Cardiomegaly")
     back = _strict_round_trip(sc)
     assert back.SOPClassUID == SecondaryCaptureImageStorage
     assert back.StudyInstanceUID == src.StudyInstanceUID
@@ -261,17 +290,39 @@ def test_secondary_capture_from_decoded_info_and_without_patient() -> None:
     img = decode_image(data, keep_patient_link=True)
     assert img.dicom is not None
     rgb = np.zeros((64, 48, 3), np.uint8)
-    sc = heatmap_to_dicom_secondary_capture(img.dicom, Image.fromarray(rgb), "x" * 80, patient=img.patient,
-                                            burn_in=False)
+    sc = secondary_capture(img.dicom, Image.fromarray(rgb), "x" * 80, patient=img.patient, burn_in=False)
     back = _strict_round_trip(sc)
     assert back.PatientID == "PID-0001" and back.StudyInstanceUID == img.dicom["study_instance_uid"]
     assert back.BurnedInAnnotation == "NO" and (back.pixel_array == 0).all()
     assert len(back.SeriesDescription) == 64
-    anon = heatmap_to_dicom_secondary_capture(decode_image(data).dicom, rgb, "anon")
+    anon = secondary_capture(decode_image(data).dicom, rgb, "anon")
     assert not anon.get("PatientID") and not anon.get("PatientName")
     info = dict(img.dicom)
     info.pop("patient_orientation")
-    assert not _strict_round_trip(heatmap_to_dicom_secondary_capture(info, rgb, "o")).PatientOrientation
+    assert not _strict_round_trip(secondary_capture(info, rgb, "o")).PatientOrientation
     info["study_instance_uid"] = ""
-    with pytest.raises(InvalidInput, match="study_instance_uid"):
-        heatmap_to_dicom_secondary_capture(info, rgb, "no study")
+    with pytest.raises(RenderInputError, match="study_instance_uid"):
+        secondary_capture(info, rgb, "no study")
+
+
+def test_secondary_capture_reads_a_dataset_as_the_decoder_info_does() -> None:
+    # The render package reads the source dataset itself (it may not import the server's decoder): the
+    # derived object must not depend on which of the two forms of the source it was given.
+    pytest.importorskip("highdicom")
+    src = _source()
+    rgb = RNG.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    linked = decode_image(dicom_bytes(src), keep_patient_link=True)
+    assert linked.dicom is not None
+    from_dataset = secondary_capture(src, rgb, "same")
+    from_info = secondary_capture(linked.dicom, rgb, "same", patient=linked.patient)
+    from_source = ("StudyInstanceUID", "PatientID", "PatientName", "PatientOrientation", "PixelSpacing",
+                   "SourceImageSequence", "ReferencedSeriesSequence", "PixelData")
+    for keyword in from_source:
+        assert from_info.get(keyword) == from_dataset.get(keyword) and from_dataset.get(keyword), keyword
+    assert {e.keyword for e in from_info} == {e.keyword for e in from_dataset}
+
+
+def test_secondary_capture_without_the_dicom_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if the [dicom] extra were not installed
+    with pytest.raises(ImportError, match=r"pip install 'cxrexplain-client\[dicom\]'"):
+        secondary_capture(_source(), np.zeros((8, 8, 3), np.uint8), "x")

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+import cxrexplain_render as render
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
 from cxrexplain.models import build_classifier
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
 from cxrexplain_imageio import decode_image
-from cxrexplain_serving import render
 from cxrexplain_serving.options import PROTOBUF, parse_options, with_header_options
 from cxrexplain_serving.service import CostCaps, ExplainService, OnnxPredictor, RowRequest, decode
 from cxrexplain_serving.telemetry import DECODE_ERRORS, METHOD_LATENCY, RECONSTRUCTION_GAP, REQUESTS, Telemetry

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from . import render
+import cxrexplain_render as render
+
+from .display import to_display_image
 
 if TYPE_CHECKING:
     from ._proto import explain_pb2
@@ -80,21 +82,65 @@ class TargetResult:
     geometry: Geometry | None = None
     normalized: dict[str, bool] = field(default_factory=dict)
 
-    def overlay(self, method: str, image: Any, alpha: float = 0.6) -> Image.Image:
-        """Colour overlay of ``heatmaps[method]`` on the original ``image`` (path, bytes, array, PIL, ...)."""
-        heatmap = self._heatmap(method)
+    def overlay(self, method: str, image: Any, alpha: float = render.DEFAULT_ALPHA) -> Image.Image:
+        """Colour overlay of ``heatmaps[method]`` on the original ``image``.
+
+        Parameters
+        ----------
+        method
+            Which heatmap to show.
+        image
+            The image that was explained: path, bytes, numpy array, PIL image or pydicom Dataset.
+        alpha
+            Opacity of the colour where the map is at its maximum; cold areas stay clear.
+
+        Returns
+        -------
+        PIL.Image.Image
+            RGB, the size of ``image``: :func:`cxrexplain_render.overlay` of the map through this result's
+            geometry, the same picture the server's render path draws.
+        """
         return render.overlay(
-            heatmap, image, geometry=self.geometry, alpha=alpha, normalized=self.normalized.get(method, False)
+            to_display_image(image),
+            self._heatmap(method),
+            alpha=alpha,
+            geometry=self.geometry,
+            normalized=self.normalized.get(method, False),
         )
 
-    def to_dicom(self, source_dataset: Any, method: str, alpha: float = 0.6, **kwargs: Any) -> Any:
-        """A derived Secondary Capture (overlay of ``method`` on the source) in the source's study.
+    def to_dicom(
+        self, source_dataset: Any, method: str, alpha: float = render.DEFAULT_ALPHA, **kwargs: Any
+    ) -> Any:
+        """A derived Secondary Capture of ``method``'s overlay on the source image, in the source's study.
 
-        Needs the ``[dicom]`` extra (pydicom, highdicom); see :func:`cxrexplain_client.dicom.to_dicom`.
+        Parameters
+        ----------
+        source_dataset
+            The pydicom Dataset that was explained; the new instance joins its study and references it.
+            Only Patient ID and Name are copied from it.
+        method
+            Which heatmap to show.
+        alpha
+            Overlay opacity.
+        **kwargs
+            Passed to :func:`cxrexplain_render.secondary_capture` (``series_number``, ``instance_number``,
+            ``manufacturer``, ``burn_in``, ...).
+
+        Returns
+        -------
+        pydicom.Dataset
+            A ``highdicom.sc.SCImage``, DERIVED, "NOT FOR DIAGNOSTIC USE" burned in and in Image Comments.
+            Needs the ``[dicom]`` extra: ``pip install 'cxrexplain-client[dicom]'``.
         """
-        from .dicom import to_dicom
-
-        return to_dicom(self, source_dataset, method, alpha=alpha, **kwargs)
+        picture = self.overlay(method, source_dataset, alpha=alpha)
+        return render.secondary_capture(
+            source_dataset,
+            picture,
+            f"cxrexplain {method} {self.target}",
+            derivation_description=f"Overlay of the {method} explanation heatmap for '{self.target}' on the "
+            "source image",
+            **kwargs,
+        )
 
     def _heatmap(self, method: str) -> np.ndarray:
         if method in self.heatmaps:
@@ -143,7 +189,9 @@ class Explanation:
             raise KeyError(f"no result for target {target!r}; have {sorted(self.results)}")
         return self.results[target]
 
-    def overlay(self, method: str, image: Any, target: str | None = None, alpha: float = 0.6) -> Image.Image:
+    def overlay(
+        self, method: str, image: Any, target: str | None = None, alpha: float = render.DEFAULT_ALPHA
+    ) -> Image.Image:
         """Shortcut for ``result(target).overlay(method, image)``."""
         return self.result(target).overlay(method, image, alpha=alpha)
 

@@ -70,7 +70,7 @@ def dicom_info(ds: Any) -> dict[str, Any]:
     """Technical attributes and UIDs of a pydicom Dataset; deliberately no patient attributes.
 
     The Study/Series/SOP Instance UIDs are what a derived object needs to reference its source
-    (see :func:`cxrexplain_serving.render.heatmap_to_dicom_secondary_capture`). They stay in memory.
+    (see :func:`cxrexplain_render.secondary_capture`, which also takes this dict). They stay in memory.
     """
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID", None) if meta is not None else None

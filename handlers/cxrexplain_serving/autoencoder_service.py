@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 import cxrexplain_imageio
+import cxrexplain_render as render
 from cxrexplain.bundle import AutoencoderBundle
 from cxrexplain.errors import CxrExplainError, InvalidInput, InvalidOption
 from cxrexplain.explainer import select_device
 from cxrexplain.preprocess import to_model_input
 
-from . import render
 from .options import check_request_id, negotiate, parse_options, text, with_header_options
 from .service import CostCaps, Emit, RowRequest, RowResult
 from .telemetry import Telemetry, new_request_id

@@ -33,6 +33,7 @@ import torch
 from google.protobuf import json_format
 
 import cxrexplain_imageio
+import cxrexplain_render as render
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
 from cxrexplain.errors import (
     AutoencoderRequired,
@@ -48,7 +49,6 @@ from cxrexplain.methods import base as registry
 from cxrexplain.preprocess import Geometry, to_model_input
 from cxrexplain_render import normalize_for_display
 
-from . import render
 from .options import (
     JSON,
     PROTOBUF,
