@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..bundle import AutoencoderBundle, ClassifierBundle
+from ..bundle import AutoencoderBundle, ClassifierBundle, require_encode_decode
 from ..errors import WeightsError
-from ..spec import TORCHVISION, XRV, InputSpec
+from ..spec import TORCHVISION, InputSpec
 from ..xrv_densenet import XRV_OP_THRESHS_KEY, clean_thresholds
 from .architectures import Architecture, architecture, find_head
 from .checkpoint_keys import expected_keys, fit_keys, head_outputs, load_into, stem_channels
@@ -200,8 +200,14 @@ def load_autoencoder(
     version: str | None = None,
     *,
     allow_pickle: bool = False,
+    classifier_spec: InputSpec | None = None,
 ) -> AutoencoderBundle:
     """Build an autoencoder (``encode``/``decode``), load local weights into it and bundle it.
+
+    The input spec comes from, in order: ``input_spec``, the sidecar, the autoencoder's own (a named
+    architecture's, a :class:`~cxrexplain.autoencoder.ResNetAE` of a named layout, torchxrayvision's
+    ResNetAE: XRV), then ``classifier_spec``: an autoencoder of your own is taken to work in the classifier's
+    input space. (Before, such a module silently got torchxrayvision's spec.)
 
     Parameters
     ----------
@@ -211,16 +217,30 @@ def load_autoencoder(
     weights
         A local file in any form :func:`load_classifier` reads; ``None``: random weights.
     input_spec
-        Overrides the sidecar and the default (XRV for ``resnet_ae101``, unit-space gray for the demo).
+        The space the autoencoder was trained in; overrides everything else.
     map_location, version, allow_pickle
         As for :func:`load_classifier`.
+    classifier_spec
+        The input spec of the classifier the autoencoder serves (``bundle.input_spec``): the default for a
+        module of your own. :class:`~cxrexplain.Explainer` passes it when given a bare module.
 
     Returns
     -------
     AutoencoderBundle
+
+    Raises
+    ------
+    TypeError
+        ``arch`` is a module without callable ``encode`` and ``decode``.
+    ValueError
+        ``arch`` is a module of your own and no spec was given: pass ``input_spec=`` or ``classifier_spec=``.
+    WeightsError
+        As for :func:`load_classifier`; or an unknown architecture name.
     """
     from .. import autoencoder as ae_module  # lazy: classifiers load without the autoencoder module
 
+    if isinstance(arch, nn.Module):
+        require_encode_decode(arch)  # before any file is read
     shown = arch if isinstance(arch, str) else type(arch).__name__
     wf = read_weights(weights, str(shown), map_location or "cpu", allow_pickle)
     meta = wf.meta or {}
@@ -231,14 +251,20 @@ def load_autoencoder(
                                "pass one")
     if isinstance(arch, nn.Module):
         module, name = arch, "custom"
+        own = ae_module.native_spec(module)
     else:
         name = str(arch).strip().lower()
         module = ae_module.build_autoencoder(name)  # raises WeightsError listing the known names
+        own = ae_module.autoencoder_spec(name)
     if wf.state is not None:
         load_into(module, fit_keys(wf.state, module.state_dict(), None), wf.path or Path(), name)
-    spec = _as_spec(input_spec) or _as_spec(meta.get("input_spec"))
+    spec = _as_spec(input_spec) or _as_spec(meta.get("input_spec")) or own or classifier_spec
     if spec is None:
-        spec = ae_module.autoencoder_spec(name) if name != "custom" else XRV
+        raise ValueError(
+            f"{type(module).__name__} is an autoencoder of your own and its input space is unknown: pass "
+            "input_spec= (the InputSpec it was trained in), or classifier_spec=<classifier bundle>.input_spec "
+            "if it works in the classifier's input space; Explainer(classifier, autoencoder=module) does the "
+            "latter by itself")
     return AutoencoderBundle(
         module=module.eval(),
         input_spec=spec,
