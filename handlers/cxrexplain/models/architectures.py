@@ -1,8 +1,8 @@
 """Classifier architectures by name (``build_classifier``), and where a module's classification head is.
 
-- ``densenet121`` / ``chexnet``: CheXNet as in [Nam2021]_, torchvision's DenseNet-121 with
+- ``densenet121`` / ``chexnet``: CheXNet as in [Nam2021], torchvision's DenseNet-121 with
   ``classifier = Linear(1024, L)``, the 14 NIH ChestX-ray14 labels by default.
-- ``t_densenet121`` (``t-densenet``): T-DenseNet ([Khakzar2022]_ §3): DenseNet-121 with the last two dense
+- ``t_densenet121`` (``t-densenet``): T-DenseNet ([Khakzar2022] §3): DenseNet-121 with the last two dense
   blocks and their transitions (transition2, transition3) discarded, so the last feature maps are 28x28 at
   224 px (512 channels). We keep DenseNet's own head on what remains: BatchNorm (``features.norm5``, 512
   features) + ReLU + global average pool + ``Linear(512, L)``; parameter names are torchvision's, so an
@@ -86,7 +86,7 @@ def _densenet_small(num_labels: int, in_channels: int) -> nn.Module:
 
 
 def _t_densenet121(num_labels: int, in_channels: int) -> nn.Module:
-    """T-DenseNet ([Khakzar2022]_ §3): DenseNet-121's stem, dense block 1, transition 1 and dense block 2 (12 layers);
+    """T-DenseNet ([Khakzar2022] §3): DenseNet-121's stem, dense block 1, transition 1 and dense block 2 (12 layers);
     at 224 px the stem gives 56x56, transition 1 halves it to 28x28, so the pooled maps are 28x28x512."""
     model = DenseNet(growth_rate=32, block_config=(6, 12), num_init_features=64, bn_size=4,
                      num_classes=num_labels)
