@@ -1,8 +1,8 @@
 """Shared fixtures: phantom-trained demo models, trained once and cached on disk, and held-out phantoms.
 
 The cache lives in ``<repo>/.cache/test-models/``, keyed by a hash of the training config and of the sources
-that shape the weights (phantom.py, train.py, losses.py, spec.py, models.py / autoencoder.py): editing any of
-them retrains on the next run. Training goes through ``cxrexplain_lab.train.demo_classifier`` /
+that shape the weights (phantom.py, train.py, losses.py, spec.py, models/architectures.py / autoencoder.py):
+editing any of them retrains on the next run. Training goes through ``cxrexplain_lab.train.demo_classifier`` /
 ``demo_autoencoder``, the same code ``export/train_demo.py`` and the benchmarks use.
 """
 

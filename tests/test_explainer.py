@@ -15,9 +15,12 @@ import torch.nn as nn
 import torchvision
 
 from cxrexplain import (
+    XRV,
+    AutoencoderBundle,
     AutoencoderRequired,
     ClassifierBundle,
     Explainer,
+    InputSpec,
     InvalidInput,
     UnknownLabel,
     UnknownMethod,
@@ -301,3 +304,83 @@ def test_no_hooks_left_after_explain_or_after_an_exception(
     # The Explainer still works after all that.
     again = ex.explain(x, methods=["cam"], targets=0)
     assert again.heatmaps["cam"].shape == (3, SIZE, SIZE)
+
+
+# ------------------------------------------------------------------------------- users' modules, users' AEs
+
+
+def _tiny_densenet() -> nn.Module:
+    return torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=3)
+
+
+def _custom_sequential() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 32 * 32, 3))
+
+
+@pytest.mark.parametrize("make", [lambda: torchvision.models.vgg11(num_classes=3),
+                                  lambda: torchvision.models.resnet18(num_classes=3), _tiny_densenet,
+                                  _custom_sequential], ids=["vgg11", "resnet18", "densenet", "sequential"])
+def test_any_classifier_module_is_explained_with_labels_from_its_head(make) -> None:
+    torch.manual_seed(0)
+    ex = Explainer(make(), device="cpu")  # VGG's head is classifier.6, inside a Sequential
+    assert ex.labels == ["0", "1", "2"]
+    res = ex.explain(torch.rand(2, 3, 64, 64), methods=["gradcam"], targets=[0, 2])
+    assert res.targets == [0, 2] and res.heatmaps["gradcam"].shape == (2, 64, 64)
+    assert torch.isfinite(res.heatmaps["gradcam"]).all()
+
+
+class TinyAE(nn.Module):
+    """An autoencoder of the user's own: 3 channels in and out, halving then doubling the size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.down(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(z)
+
+
+def test_an_autoencoder_module_of_ones_own_works_in_the_classifier_input_space() -> None:
+    torch.manual_seed(0)
+    clf = ClassifierBundle(_tiny_densenet(), ["a", "b", "c"], input_spec=InputSpec(size=SIZE))
+    ex = Explainer(clf, autoencoder=TinyAE(), device="cpu")
+    assert isinstance(ex.autoencoder, AutoencoderBundle) and ex.autoencoder.input_spec == clf.input_spec
+    x = clf.input_spec.from_unit(torch.rand(2, 1, SIZE, SIZE))
+    res = ex.explain(x, ["latent_shift"], targets="b", options={"latent_shift": {"frames": 3}})
+    assert res.frames is not None and res.frames.shape == (2, 3, SIZE, SIZE)
+    assert torch.isfinite(res.heatmaps["latent_shift"]).all()
+    own = unit_spec(3, SIZE)
+    assert Explainer(clf, autoencoder=TinyAE(), device="cpu", autoencoder_spec=own).autoencoder.input_spec == own
+
+
+def test_torchxrayvision_resnet_ae_keeps_its_own_spec() -> None:
+    xrv = pytest.importorskip("torchxrayvision")
+    module = xrv.autoencoders.ResNetAE50()  # random weights, nothing downloaded
+    ex = Explainer(_tiny_densenet(), autoencoder=module, device="cpu")
+    assert ex.autoencoder.input_spec == XRV != ex.bundle.input_spec
+
+
+def test_wrong_classifiers_and_autoencoders_say_what_to_pass(bundle: ClassifierBundle) -> None:
+    headless = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match=r"Sequential .*no nn.Linear head.*pass labels=\[\.\.\.\]"):
+        Explainer(headless, device="cpu")
+    assert Explainer(headless, device="cpu", labels=["x", "y"]).labels == ["x", "y"]
+    with pytest.raises(TypeError, match="ClassifierBundle .*or an nn.Module.*got str"):
+        Explainer("densenet121", device="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="load_classifier"):
+        Explainer(bundle, device="cpu", labels=["x"] * len(LABELS))
+    with pytest.raises(TypeError, match=r"encode\(x\) -> z and decode\(z\) -> x; Conv2d has no 'encode' and no "
+                                        r"'decode': pass a module with both, or an AutoencoderBundle"):
+        Explainer(bundle, autoencoder=nn.Conv2d(1, 1, 1), device="cpu")
+    with pytest.raises(TypeError, match="AutoencoderBundle .*encode.*got dict"):
+        Explainer(bundle, autoencoder={"encode": None}, device="cpu")  # type: ignore[arg-type]
+    ae = AutoencoderBundle(TinyAE(), unit_spec(3, SIZE))
+    with pytest.raises(ValueError, match="load_autoencoder"):
+        Explainer(bundle, autoencoder=ae, device="cpu", autoencoder_spec=XRV)
+    with pytest.raises(ValueError, match="pass autoencoder="):
+        Explainer(bundle, device="cpu", autoencoder_spec=XRV)

@@ -22,10 +22,10 @@ from propagation_nets import (
 )
 
 import cxrexplain
-from cxrexplain import propagation
 from cxrexplain.methods.base import create
 from cxrexplain.methods.lrp import lrp_rules
 from cxrexplain.methods.rap import RAP_RULES
+from cxrexplain.propagation import linear_maps, nodes, pointwise
 
 torch.set_num_threads(1)
 
@@ -308,9 +308,9 @@ def test_pointwise_convolution_candidates_are_the_same_map(monkeypatch, stride, 
     must be the conv and its exact transpose (strided: every stride-th pixel, zeros elsewhere)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 4, 1, stride=stride, bias=False)
-    layer = propagation._conv_map(conv, conv.weight.detach(), None)
+    layer = nodes._conv_map(conv, conv.weight.detach(), None)
     assert layer.kind == "pointwise"
-    monkeypatch.setattr(propagation, "fastest", lambda key, like, candidates: candidates[choice]())
+    monkeypatch.setattr(linear_maps, "fastest", lambda key, like, candidates: candidates[choice]())
     x = torch.randn(3, 6, 7, 7, requires_grad=True)
     s = torch.randn(3, 4, *conv(x).shape[2:])
     torch.testing.assert_close(layer.forward(x.detach()), conv(x).detach(), rtol=1e-5, atol=1e-6)
@@ -332,12 +332,12 @@ def test_fastest_times_each_candidate_once_per_shape_and_keeps_the_winner():
 
     like = torch.zeros(2, 3)
     key = ("test", object())  # a key no other call uses
-    assert propagation.fastest(key, like, (slow, fast)).item() == 1.0
-    timed = 1 + propagation.TIMED_ROUNDS  # a warm-up and the timed rounds, each
+    assert pointwise.fastest(key, like, (slow, fast)).item() == 1.0
+    timed = 1 + pointwise.TIMED_ROUNDS  # a warm-up and the timed rounds, each
     assert calls == {"slow": timed, "fast": timed}
     for _ in range(3):
-        assert propagation.fastest(key, like, (slow, fast)).item() == 1.0
+        assert pointwise.fastest(key, like, (slow, fast)).item() == 1.0
     assert calls == {"slow": timed, "fast": timed + 3}
     # off the CPU (CUDA; here the meta device stands in) the first candidate, untimed
-    assert propagation.fastest(("test", object()), torch.empty(1, device="meta"), (slow, fast)).item() == 0.0
+    assert pointwise.fastest(("test", object()), torch.empty(1, device="meta"), (slow, fast)).item() == 0.0
     assert calls["slow"] == timed + 1

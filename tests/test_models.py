@@ -25,7 +25,7 @@ from cxrexplain import (
     save_autoencoder,
     save_classifier,
 )
-from cxrexplain.models import NIH_LABELS, sidecar_path
+from cxrexplain.models import NIH_LABELS, find_head, sidecar_path
 from cxrexplain.spec import unit_spec
 from cxrexplain.xrv_densenet import XRV_ALL_OP_THRESHOLDS, XRV_LABELS
 
@@ -464,3 +464,37 @@ def test_autoencoder_errors(autoencoders, tmp_path):
     torch.save(_small().state_dict(), path)
     with pytest.raises(WeightsError, match="unexpected"):
         load_autoencoder("resnet_ae_small", path)
+
+
+def test_load_autoencoder_spec_of_a_module(autoencoders):
+    class Own(nn.Module):
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def decode(self, z: torch.Tensor) -> torch.Tensor:
+            return z
+
+    # A module of one's own works in the classifier's input space, unless told otherwise; no silent default.
+    with pytest.raises(ValueError, match=r"Own .*pass input_spec= .*or classifier_spec="):
+        load_autoencoder(Own())
+    assert load_autoencoder(Own(), classifier_spec=TORCHVISION).input_spec == TORCHVISION
+    assert load_autoencoder(Own(), input_spec=XRV, classifier_spec=TORCHVISION).input_spec == XRV
+    # This package's named layouts and torchxrayvision's ResNetAE keep their own space.
+    small = autoencoders.build_autoencoder("resnet_ae_small")
+    assert load_autoencoder(small, classifier_spec=TORCHVISION).input_spec == unit_spec(1, 64)
+    xrv = pytest.importorskip("torchxrayvision")
+    assert load_autoencoder(xrv.autoencoders.ResNetAE50(), classifier_spec=TORCHVISION).input_spec == XRV
+    with pytest.raises(TypeError, match="Linear has no 'encode' and no 'decode'"):
+        load_autoencoder(nn.Linear(2, 2), classifier_spec=TORCHVISION)
+
+
+@pytest.mark.parametrize(("name", "head"), [("vgg11", "classifier.6"), ("resnet18", "fc"),
+                                            ("densenet121", "classifier"), ("densenet_small", "classifier")])
+def test_find_head_and_a_bare_module_labels(name, head):
+    with torch.device("meta"):  # no memory: only the layout matters
+        module = build_classifier(name, 4)
+    assert find_head(module) is module.get_submodule(head)
+    sequential = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 5))
+    assert find_head(sequential) is sequential[4]
+    assert find_head(nn.Sequential(nn.Conv2d(1, 2, 1), nn.AdaptiveAvgPool2d(1))) is None
+    assert load_classifier(sequential).labels == [str(i) for i in range(5)]

@@ -193,6 +193,21 @@ def autoencoder_spec(name: str) -> InputSpec:
     return _layout(name)[1]
 
 
+def native_spec(module: nn.Module) -> InputSpec | None:
+    """The input spec an autoencoder module brings with it; ``None`` for a module of the user's own.
+
+    A :class:`ResNetAE` of a named layout works in that layout's space. torchxrayvision's ResNetAE (class
+    ``torchxrayvision.autoencoders._ResNetAE``, recognised by name so the engine needs no torchxrayvision)
+    works in :data:`~cxrexplain.spec.XRV`, like ``resnet_ae101``.
+    """
+    if isinstance(module, ResNetAE):
+        return next((spec for config, spec in _LAYOUTS.values() if config == module.config), None)
+    cls = type(module)
+    if cls.__module__.partition(".")[0] == "torchxrayvision" and cls.__name__.lstrip("_") == "ResNetAE":
+        return XRV
+    return None
+
+
 def build_autoencoder(name: str) -> ResNetAE:
     """An untrained autoencoder of a named layout.
 

@@ -76,10 +76,8 @@ class AutoencoderBundle:
     sha256: str | None = None
 
     def __post_init__(self) -> None:
+        require_encode_decode(self.module)
         self.module.eval()
-        for name in ("encode", "decode"):
-            if not callable(getattr(self.module, name, None)):
-                raise TypeError(f"an autoencoder needs an '{name}' method; {type(self.module).__name__} has none")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """E(x) in the autoencoder's own input space."""
@@ -88,3 +86,13 @@ class AutoencoderBundle:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """D(z), in the autoencoder's own input space."""
         return cast(Callable[[torch.Tensor], torch.Tensor], self.module.decode)(z)
+
+
+def require_encode_decode(module: nn.Module) -> None:
+    """Raise a :class:`TypeError` saying what to pass unless ``module`` has callable ``encode`` and ``decode``."""
+    missing = [name for name in ("encode", "decode") if not callable(getattr(module, name, None))]
+    if missing:
+        raise TypeError(
+            f"an autoencoder needs callable encode(x) -> z and decode(z) -> x; {type(module).__name__} has no "
+            f"{' and no '.join(repr(name) for name in missing)}: pass a module with both, or an AutoencoderBundle "
+            "from load_autoencoder")

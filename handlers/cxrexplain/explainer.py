@@ -14,6 +14,8 @@ from .bundle import AutoencoderBundle, ClassifierBundle
 from .errors import AutoencoderRequired, InvalidInput
 from .methods import base as registry
 from .methods.base import ForwardContext
+from .models import find_head, load_autoencoder
+from .spec import InputSpec
 
 Target = str | int
 
@@ -54,29 +56,48 @@ class Explainer:
     Parameters
     ----------
     classifier
-        A :class:`ClassifierBundle` (from ``load_classifier``) or any ``nn.Module``; a bare module takes the
-        torchvision input spec and labels ``"0" .. "L-1"`` unless ``labels`` is given.
+        A :class:`ClassifierBundle` (from ``load_classifier``) or any ``nn.Module`` returning (N, L) logits
+        (torchvision's VGG, ResNet, DenseNet, a custom ``nn.Sequential``, ...). A bare module takes the
+        torchvision input spec, and labels ``"0" .. "L-1"`` with L the outputs of its head (its last
+        ``nn.Linear``, found as ``load_classifier`` finds it) unless ``labels`` is given.
     autoencoder
-        Backs ``latent_shift``; optional otherwise.
+        Backs ``latent_shift``; optional otherwise. An :class:`AutoencoderBundle` (from ``load_autoencoder``)
+        keeps its own input spec. A bare module with callable ``encode(x) -> z`` and ``decode(z) -> x`` is
+        bundled by ``load_autoencoder``: torchxrayvision's ResNetAE and this package's named ResNetAE layouts
+        keep their own spec, any other module works in the classifier's input space unless
+        ``autoencoder_spec`` says otherwise.
     device
         ``"cuda"`` or ``"cpu"``; default: CUDA when available.
+    labels
+        One name per output, for a bare classifier module only (a bundle carries its labels).
+    autoencoder_spec
+        The input space a bare autoencoder module was trained in, when it is not the classifier's.
+
+    Raises
+    ------
+    TypeError
+        ``classifier`` is not a bundle or module, or ``autoencoder`` is not a bundle or a module with
+        ``encode``/``decode``.
+    ValueError
+        A bare classifier without an ``nn.Linear`` head and no ``labels``; ``labels`` or ``autoencoder_spec``
+        given where a bundle already carries them.
     """
 
     def __init__(
         self,
         classifier: ClassifierBundle | nn.Module,
-        autoencoder: AutoencoderBundle | None = None,
+        autoencoder: AutoencoderBundle | nn.Module | None = None,
         device: str | torch.device | None = None,
         labels: Sequence[str] | None = None,
+        *,
+        autoencoder_spec: InputSpec | None = None,
     ):
-        if isinstance(classifier, nn.Module):
-            classifier = _bundle_module(classifier, labels)
         self.device = select_device(device)
-        self.bundle = classifier
+        self.bundle = _bundle_classifier(classifier, labels)
         self.bundle.module.to(self.device)
-        self.autoencoder = autoencoder
-        if autoencoder is not None:
-            autoencoder.module.to(self.device)
+        self.autoencoder = _bundle_autoencoder(autoencoder, autoencoder_spec, self.bundle.input_spec)
+        if self.autoencoder is not None:
+            self.autoencoder.module.to(self.device)
         for p in self.bundle.module.parameters():
             p.requires_grad_(False)
 
@@ -179,10 +200,42 @@ class Explainer:
         return result
 
 
+def _bundle_classifier(classifier: ClassifierBundle | nn.Module, labels: Sequence[str] | None) -> ClassifierBundle:
+    if isinstance(classifier, ClassifierBundle):
+        if labels is not None:
+            raise ValueError("labels= is for a bare nn.Module; a ClassifierBundle carries its own labels: "
+                             "give them to load_classifier(..., labels=[...]) instead")
+        return classifier
+    if isinstance(classifier, nn.Module):
+        return _bundle_module(classifier, labels)
+    raise TypeError(f"classifier must be a ClassifierBundle (from load_classifier) or an nn.Module returning "
+                    f"(N, L) logits; got {type(classifier).__name__}")
+
+
 def _bundle_module(module: nn.Module, labels: Sequence[str] | None) -> ClassifierBundle:
     if labels is None:
-        out_features = getattr(getattr(module, "classifier", None) or getattr(module, "fc", None), "out_features", None)
-        if out_features is None:
-            raise ValueError("pass labels=[...] for a module whose head is not .classifier or .fc")
-        labels = [str(i) for i in range(out_features)]
+        head = find_head(module)
+        if head is None:
+            raise ValueError(f"cannot tell how many outputs {type(module).__name__} has (it has no nn.Linear "
+                             "head): pass labels=[...] with one name per output, or a ClassifierBundle from "
+                             "load_classifier")
+        labels = [str(i) for i in range(head.out_features)]
     return ClassifierBundle(module=module, labels=list(labels))
+
+
+def _bundle_autoencoder(
+    autoencoder: AutoencoderBundle | nn.Module | None, spec: InputSpec | None, classifier_spec: InputSpec
+) -> AutoencoderBundle | None:
+    if isinstance(autoencoder, AutoencoderBundle):
+        if spec is not None:
+            raise ValueError("autoencoder_spec= is for a bare autoencoder module; an AutoencoderBundle carries "
+                             "its own input_spec: build it with load_autoencoder(module, input_spec=...)")
+        return autoencoder
+    if isinstance(autoencoder, nn.Module):
+        return load_autoencoder(autoencoder, input_spec=spec, classifier_spec=classifier_spec)
+    if autoencoder is not None:
+        raise TypeError(f"autoencoder must be an AutoencoderBundle (from load_autoencoder) or an nn.Module with "
+                        f"callable encode(x) -> z and decode(z) -> x; got {type(autoencoder).__name__}")
+    if spec is not None:
+        raise ValueError("autoencoder_spec= describes an autoencoder: pass autoencoder= too")
+    return None

@@ -376,7 +376,9 @@ def cache_key(config: DemoConfig, kind: str) -> str:
     """Hash of the config and the sources that shape the trained weights: a change retrains."""
     h = hashlib.sha256(json.dumps({"kind": kind, **config.fields_for(kind)}, sort_keys=True).encode())
     sources = [_HERE / "phantom.py", _HERE / "train.py", _ENGINE / "spec.py"]
-    sources += [_HERE / "losses.py", _ENGINE / "models.py"] if kind == "classifier" else [_ENGINE / "autoencoder.py"]
+    # The classifier architectures (not weight loading) and the autoencoder's layers shape the weights.
+    sources += ([_HERE / "losses.py", _ENGINE / "models" / "architectures.py"] if kind == "classifier"
+                else [_ENGINE / "autoencoder.py"])
     for path in sources:
         h.update(path.read_bytes() if path.exists() else b"")
     h.update(torch.__version__.encode())
