@@ -748,6 +748,14 @@ def test_grpc_status_mapping(
             client.predict(png_bytes(), "m")
     assert info.value.grpc_code == code
 
+    async def run() -> None:
+        async with cx.AsyncExplainClient(grpc_target=target, retries=0, transport="grpc") as aclient:
+            await aclient.predict(png_bytes(), "m")
+
+    with pytest.raises(expected) as async_info:  # the async client maps errors with the same code
+        asyncio.run(run())
+    assert type(async_info.value) is type(info.value) and str(async_info.value) == str(info.value)
+
 
 def test_grpc_payload_error_field(grpc_server: tuple[str, Inference, Management]) -> None:
     target, inference, _ = grpc_server
