@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -118,7 +119,7 @@ def make_settings(
     )
 
 
-class ClientBase:
+class ClientBase(ABC):
     """The constructor both clients share: it resolves the :class:`Settings` and builds the
     :class:`ClientCore`; each client's :meth:`_open` then creates its own I/O (an HTTP connection pool,
     lazily the gRPC channels). The parameters are documented on :class:`~cxrexplain_client.ExplainClient`."""
@@ -156,8 +157,9 @@ class ClientBase:
         self._core = ClientCore(self.settings)
         self._open()
 
+    @abstractmethod
     def _open(self) -> None:
-        raise NotImplementedError
+        """Create the client's I/O resources (called once, at the end of the constructor)."""
 
 
 # ------------------------------------------------------------------------------------------------ calls
@@ -185,7 +187,7 @@ class GrpcCall:
     management: bool = False
 
 
-def _predictions_request(
+def predictions_request(
     model: str, version: str | None, image: codec.EncodedImage | None, fields: Mapping[str, str]
 ) -> inference_pb2.PredictionsRequest:
     """The gRPC request: model, version, and the input map (image under ``data``, options by key)."""
@@ -217,7 +219,7 @@ class ClientCore:
         encoded = codec.encode_image(image) if image is not None else None
         deadline = self.settings.pick_timeout(timeout)
         if self.settings.pick_transport(transport) == "grpc":
-            request = _predictions_request(model, version, encoded, fields)
+            request = predictions_request(model, version, encoded, fields)
             return GrpcCall("Predictions", request, self.settings.grpc_target, deadline, self._metadata())
         body = codec.rest_body(encoded, fields)
         auth = codec.auth_headers(self.settings.token)
@@ -235,7 +237,7 @@ class ClientCore:
         fields = codec.build_options(**options, stream=True)
         encoded = codec.encode_image(image) if image is not None else None
         twin = model if model.endswith(STREAM_SUFFIX) else model + STREAM_SUFFIX
-        request = _predictions_request(twin, version, encoded, fields)
+        request = predictions_request(twin, version, encoded, fields)
         request.sequence_id = uuid.uuid4().hex
         deadline = self.settings.pick_timeout(timeout)
         return GrpcCall("StreamPredictions2", request, self.settings.grpc_target, deadline, self._metadata())
@@ -391,4 +393,12 @@ class RestRetry:
         return delay
 
 
-__all__ = ["USE_CLIENT_DEFAULT", "ClientBase", "ClientCore", "Settings", "Transport", "make_settings"]
+__all__ = [
+    "USE_CLIENT_DEFAULT",
+    "ClientBase",
+    "ClientCore",
+    "Settings",
+    "Transport",
+    "make_settings",
+    "predictions_request",
+]
