@@ -43,8 +43,9 @@ class RequestOptions:
     """The options of one request, validated for form (the model-specific checks come later).
 
     ``targets`` holds label names or index strings in request order, ``positive`` is the ``positive``
-    keyword; ``method_options`` maps method name -> {option: raw text}, passed to the method's constructor
-    (which checks types and ranges). ``frames`` / ``steps`` are kept separately for the cost caps.
+    keyword; ``method_options`` maps method name -> {option: value read as the schema declares it}, passed to
+    the method's constructor (which checks what spans options, such as LRP's alpha - beta = 1). ``frames`` /
+    ``steps`` are kept separately for the cost caps.
     """
 
     methods: tuple[str, ...] = ()
