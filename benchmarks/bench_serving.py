@@ -48,7 +48,7 @@ from PIL import Image
 
 import cxrexplain
 from cxrexplain_client import codec
-from cxrexplain_client._base import predictions_request
+from cxrexplain_client._core import predictions_request
 from cxrexplain_client._proto import inference_pb2_grpc
 from cxrexplain_serving.service import ExplainService, OnnxPredictor, RowRequest
 

@@ -365,6 +365,114 @@ def test_options_are_validated_before_upload() -> None:
     assert opts == {"methods": "cam,rap", "targets": "Cardiomegaly,3", "top_k": "2", "frames": "5"}
 
 
+# Every request option the server takes, one value each, as the SDK's keyword arguments, and the text each must
+# become on the wire (REST options header, gRPC input map).
+EVERY_OPTION: dict[str, Any] = {
+    "top_k": 2,
+    "heatmap_format": "png",
+    "heatmap_dtype": "float32",
+    "frames": 6,
+    "latent_shift_map": "minmax",
+    "direction": "sigmoid",
+    "gif": True,
+    "steps": 8,
+    "accept": "application/json",
+    "request_id": "study-7.a",
+    "value_range": (0.0, 4095.0),
+    "method_options": {
+        "gradcam": {"layer": "features.28"},
+        "integrated_gradients": {"internal_batch_size": 4, "integration": "riemann_trapezoid"},
+        "latent_shift": {"search": "exhaustive", "max_lambda": 500.0},
+        "lrp": {"alpha": 2, "beta": 1},
+    },
+}
+EVERY_OPTION_ON_THE_WIRE = {
+    "methods": "gradcam,integrated_gradients,latent_shift,lrp",
+    "targets": "A",
+    "top_k": "2",
+    "heatmap_format": "png",
+    "heatmap_dtype": "float32",
+    "frames": "6",
+    "latent_shift_map": "minmax",
+    "direction": "sigmoid",
+    "gif": "true",
+    "steps": "8",
+    "accept": "application/json",
+    "request_id": "study-7.a",
+    "value_range": "0.0,4095.0",
+    "gradcam.layer": "features.28",
+    "integrated_gradients.internal_batch_size": "4",
+    "integrated_gradients.integration": "riemann_trapezoid",
+    "latent_shift.search": "exhaustive",
+    "latent_shift.max_lambda": "500.0",
+    "lrp.alpha": "2.0",
+    "lrp.beta": "1.0",
+}
+EVERY_METHOD = ["gradcam", "integrated_gradients", "latent_shift", "lrp"]
+
+
+def test_sdk_sends_every_option_the_server_takes(
+    http_server: tuple[str, HttpState], grpc_server: tuple[str, Inference, Management]
+) -> None:
+    url, state = http_server
+    target, inference, _ = grpc_server
+    with cx.ExplainClient(url, target, retry_policy=FAST) as client:
+        client.explain(png_bytes(), "m", EVERY_METHOD, "A", **EVERY_OPTION)
+        client.explain(png_bytes(), "m", EVERY_METHOD, "A", transport="grpc", **EVERY_OPTION)
+    assert _header_options(state.requests[-1]) == EVERY_OPTION_ON_THE_WIRE
+    _, req, _ = inference.calls[-1]
+    assert req is not None
+    assert {k: v.decode() for k, v in req.input.items() if k != "data"} == EVERY_OPTION_ON_THE_WIRE
+
+    async def run() -> None:
+        async with cx.AsyncExplainClient(url, target, retry_policy=FAST) as aclient:
+            await aclient.explain(png_bytes(), "m", EVERY_METHOD, "A", **EVERY_OPTION)
+
+    asyncio.run(run())
+    assert _header_options(state.requests[-1]) == EVERY_OPTION_ON_THE_WIRE
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"frames": 1}, "frames must be at least 2"),
+        ({"top_k": "two"}, "top_k must be an integer"),
+        ({"gif": "maybe"}, "gif must be true or false"),
+        ({"heatmap_format": "jpeg"}, "heatmap_format must be one of array, png"),
+        ({"value_range": (1.0,)}, "value_range must be two numbers"),
+        ({"accept": "text/html"}, "accept must be application/json or application/x-protobuf"),
+        ({"request_id": "not safe!"}, "request_id must match"),
+        ({"methods": ["cam", "telepathy"]}, "unknown method 'telepathy'"),
+        ({"method_options": {"gradcam": {"layr": "x"}}}, "gradcam does not take 'layr'"),
+        ({"method_options": {"telepathy": {"depth": 1}}}, "unknown method 'telepathy'"),
+        ({"method_options": {"integrated_gradients": {"steps": "many"}}}, "integrated_gradients.steps must be"),
+        ({"method_options": {"latent_shift": {"map": "median"}}}, "latent_shift.map must be one of"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_sent(
+    http_server: tuple[str, HttpState], options: dict[str, Any], needle: str
+) -> None:
+    url, state = http_server
+    with cx.ExplainClient(url, retry_policy=FAST) as client, pytest.raises(cx.InvalidInput, match=needle):
+        client.explain(png_bytes(), "m", **options)
+
+    async def run() -> None:
+        async with cx.AsyncExplainClient(url, retry_policy=FAST) as aclient:
+            await aclient.explain(png_bytes(), "m", **options)
+
+    with pytest.raises(cx.InvalidInput, match=needle):
+        asyncio.run(run())
+    assert state.requests == []
+
+
+def test_unknown_option_name_is_a_type_error(http_server: tuple[str, HttpState]) -> None:
+    url, state = http_server
+    with cx.ExplainClient(url) as client, pytest.raises(TypeError, match="unknown option 'colour'"):
+        client.explain(png_bytes(), "m", colour="red")  # type: ignore[call-arg]
+    assert state.requests == []
+
+
 def test_overlay_and_gif() -> None:
     ex = codec.to_explanation(make_response("float32"))
     img = png_bytes(20, 30)
@@ -662,6 +770,14 @@ def test_grpc_status_mapping(
             client.predict(png_bytes(), "m")
     assert info.value.grpc_code == code
 
+    async def run() -> None:
+        async with cx.AsyncExplainClient(grpc_target=target, retries=0, transport="grpc") as aclient:
+            await aclient.predict(png_bytes(), "m")
+
+    with pytest.raises(expected) as async_info:  # the async client maps errors with the same code
+        asyncio.run(run())
+    assert type(async_info.value) is type(info.value) and str(async_info.value) == str(info.value)
+
 
 def test_grpc_payload_error_field(grpc_server: tuple[str, Inference, Management]) -> None:
     target, inference, _ = grpc_server
@@ -789,6 +905,34 @@ def test_cli_explain_writes_files(http_server: tuple[str, HttpState], tmp_path: 
     assert summary["not_for_diagnostic_use"] is True and summary["targets"]["A"]["methods"] == ["cam", "rap"]
     printed = json.loads(capsys.readouterr().out)
     assert printed["request_id"] == "req-1" and len(printed["files"]) == 6
+
+
+def test_cli_sends_every_option_from_its_flags(http_server: tuple[str, HttpState], tmp_path: Path) -> None:
+    url, state = http_server
+    image = tmp_path / "cxr.png"
+    image.write_bytes(png_bytes())
+    flags = ["--top-k", "2", "--heatmap-format", "png", "--heatmap-dtype", "float32", "--frames", "6",
+             "--latent-shift-map", "minmax", "--direction", "sigmoid", "--gif", "--steps", "8",
+             "--accept", "application/json", "--request-id", "study-7.a", "--value-range", "0.0,4095.0"]
+    for method, options in EVERY_OPTION["method_options"].items():
+        flags += [arg for name, value in options.items() for arg in ("--option", f"{method}.{name}={value}")]
+    code = cli_main(["explain", str(image), "--model", "m", "--methods", ",".join(EVERY_METHOD), "--targets", "A",
+                     "--out", str(tmp_path / "out"), "--url", url, *flags])
+    assert code == 0
+    sent = _header_options(state.requests[-1])
+    # The CLI hands method option values over as typed text ("2", not 2.0): the server reads both alike.
+    assert sent == {**EVERY_OPTION_ON_THE_WIRE, "lrp.alpha": "2", "lrp.beta": "1"}
+
+
+def test_cli_refuses_a_bad_method_option_before_sending(
+    http_server: tuple[str, HttpState], tmp_path: Path, capsys: Any
+) -> None:
+    url, state = http_server
+    for option in ("gradcam.layr=x", "gradcam-layer"):
+        code = cli_main(["explain", "any.png", "--model", "m", "--url", url, "--option", option])
+        assert code == 2
+        assert "gradcam" in capsys.readouterr().err
+    assert state.requests == []
 
 
 def test_cli_error_exit_codes(http_server: tuple[str, HttpState], tmp_path: Path, capsys: Any) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 import cxrexplain_render as render
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
+from cxrexplain.errors import InvalidOption, UnknownMethod
 from cxrexplain.models import build_classifier
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
@@ -449,6 +450,25 @@ def test_options_parse_every_transport_form():
     assert as_bytes.targets == as_text.targets == ("Mass", "3") and as_bytes.positive and as_text.positive
     assert parse_options({"frames": "6", "latent_shift_map": "INT"}).method_options == {
         "latent_shift": {"frames": 6, "map": "int"}}
+
+
+def test_method_options_are_read_as_the_schema_declares_them():
+    got = parse_options({"latent_shift.map": "INT", "integrated_gradients.steps": b"4", "lrp.alpha": "2",
+                         "gradcam.layer": "features.28", "steps": "8"})
+    assert got.method_options == {"latent_shift": {"map": "int"}, "integrated_gradients": {"steps": 4},
+                                  "lrp": {"alpha": 2.0}, "gradcam": {"layer": "features.28"}}
+    assert got.steps == 8  # the short key is kept for the cost cap; the explicit dotted key wins for the method
+    for raw, needle in [({"latent_shift.map": "median"}, "latent_shift.map must be one of max, mean"),
+                        ({"integrated_gradients.steps": "0"}, "integrated_gradients.steps must be at least 1"),
+                        ({"lrp.alpha": "much"}, "lrp.alpha must be a number"),
+                        ({"gradcam.depth": "3"}, "gradcam does not take 'depth'"),
+                        ({"value_range": "1"}, "value_range must be two numbers"),
+                        ({"accept": "text/html"}, "accept must be application/json or application/x-protobuf")]:
+        with pytest.raises(InvalidOption, match=needle):
+            parse_options(raw)
+    with pytest.raises(UnknownMethod, match="telepathy"):
+        parse_options({"telepathy.depth": "3"})
+    assert parse_options({"accept": "application/json; charset=utf-8"}).accept == "application/json"
 
 
 def test_options_header_is_the_same_request_as_fields(service):

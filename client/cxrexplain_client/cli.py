@@ -8,6 +8,11 @@ Examples::
     cxrexplain predict cxr.png --model densenet
     cxrexplain explain cxr.png --model densenet --methods cam,rap,latent_shift --targets Cardiomegaly \
         --out out/
+    cxrexplain explain cxr.png --model densenet --methods gradcam,latent_shift --gif --frames 6 \
+        --option gradcam.layer=features.denseblock4 --option latent_shift.search=exhaustive
+
+``explain`` has one flag per request option of ``protos/options.json`` (``--top-k``, ``--gif``, ``--steps``,
+``--value-range``, ...) and ``--option METHOD.OPTION=VALUE`` for each method's own options.
 
 The token comes from ``--token``, ``--token-file`` (TorchServe's key_file.json) or ``CXREXPLAIN_TOKEN``.
 Exit codes: 0 ok, 2 usage or invalid input, 3 unauthorized, 4 model not found, 5 unavailable, 6 timeout,
@@ -26,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._base import DEFAULT_GRPC_MANAGEMENT_TARGET, DEFAULT_GRPC_TARGET, DEFAULT_MANAGEMENT_URL, DEFAULT_URL
+from ._core import DEFAULT_GRPC_MANAGEMENT_TARGET, DEFAULT_GRPC_TARGET, DEFAULT_MANAGEMENT_URL, DEFAULT_URL
+from ._proto import options_schema as schema
 from .client import ExplainClient
 from .errors import (
     CxrExplainClientError,
@@ -49,6 +55,45 @@ EXIT_CODES: tuple[tuple[type[CxrExplainClientError], int], ...] = (
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+_FLAG_TYPES: dict[str, Any] = {"int": int, "float": float}
+
+
+def _add_option_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per SDK keyword option of the schema, and ``--option`` for the methods' own options."""
+    for key in schema.SDK_KEYWORDS:
+        spec = schema.REQUEST_OPTIONS[key]
+        flag = "--" + key.replace("_", "-")
+        text = spec.help.replace("%", "%%")
+        if spec.type == "bool":
+            group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, help=text)
+        elif spec.type == "choice":
+            group.add_argument(flag, dest=key, choices=spec.choices, help=text)
+        else:  # everything else is checked by the SDK, with a message naming the option
+            group.add_argument(flag, dest=key, type=_FLAG_TYPES.get(spec.type, str), help=text)
+    known = ", ".join(spec.key for options in schema.METHOD_OPTIONS.values() for spec in options.values())
+    group.add_argument(
+        "--option",
+        dest="method_options",
+        action="append",
+        default=[],
+        metavar="METHOD.OPTION=VALUE",
+        help=f"a method's own option, repeatable; one of: {known}",
+    )
+
+
+def _method_options(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["gradcam.layer=features.28"]`` -> ``{"gradcam": {"layer": "features.28"}}`` (checked later)."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not sep or not dot or not method or not option:
+            raise InvalidInput(f"--option takes METHOD.OPTION=VALUE, for example gradcam.layer=features.28; "
+                               f"got {pair!r}")
+        out.setdefault(method, {})[option] = value
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,12 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version")
     p.add_argument("--methods", default="cam", help="comma-separated (cam,gradcam,lrp,rap,latent_shift,...)")
     p.add_argument("--targets", default="positive", help="comma-separated labels or indices, or 'positive'")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--heatmap-format", choices=("array", "png"))
-    p.add_argument("--heatmap-dtype", choices=("float16", "float32"))
-    p.add_argument("--frames", type=int)
-    p.add_argument("--latent-shift-map", choices=("max", "mean", "minmax", "int"))
-    p.add_argument("--direction", choices=("logit", "sigmoid"))
+    _add_option_flags(p.add_argument_group("request options (protos/options.json)"))
     p.add_argument("--stream", action="store_true", help="stream parts over gRPC as they are ready")
     p.add_argument("--out", default="cxrexplain-out", help="output folder (default %(default)s)")
     p.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the heatmap maximum")
@@ -162,15 +202,8 @@ def _run(args: argparse.Namespace) -> int:
             ex = client.predict(args.image, args.model, version=args.model_version, top_k=args.top_k)
             _print_json(ex.summary())
             return 0
-        options = dict(
-            version=args.model_version,
-            top_k=args.top_k,
-            heatmap_format=args.heatmap_format,
-            heatmap_dtype=args.heatmap_dtype,
-            frames=args.frames,
-            latent_shift_map=args.latent_shift_map,
-            direction=args.direction,
-        )
+        options: dict[str, Any] = {key: getattr(args, key) for key in schema.SDK_KEYWORDS}
+        options.update(version=args.model_version, method_options=_method_options(args.method_options))
         targets: Any = _split(args.targets)
         if targets == ["positive"]:
             targets = "positive"

@@ -3,47 +3,43 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
-from google.protobuf import empty_pb2
 
 from . import codec
-from ._base import (
-    DEFAULT_GRPC_MANAGEMENT_TARGET,
-    DEFAULT_GRPC_TARGET,
-    DEFAULT_MANAGEMENT_URL,
-    DEFAULT_TIMEOUT,
-    DEFAULT_URL,
-    MAX_MESSAGE_BYTES,
-    Settings,
+from ._core import (
+    ClientBase,
+    GrpcCall,
+    RestCall,
+    RestRetry,
     TimeoutArg,
-    check_prediction_status,
-    make_settings,
-    option_kwargs,
+    explain_payload,
+    grpc_error,
     parse_health,
-    parse_model_list,
-    predictions_request,
-    prepare,
-    stream_request,
+    stream_cut_short,
+    stream_part,
 )
-from ._proto import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
-from ._retry import USE_CLIENT_DEFAULT, RetryPolicy, grpc_channel_options
-from .errors import CxrExplainClientError, connection_error, error_from_grpc, timeout_error
+from ._proto import explain_pb2, inference_pb2, inference_pb2_grpc, management_pb2_grpc
+from ._retry import USE_CLIENT_DEFAULT
 from .results import Explanation, Health, ModelDescription, ModelInfo, StreamPart
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._proto.options_schema import ExplainOptions
 
 log = logging.getLogger(__name__)
 
 Targets = Sequence[str | int] | str | int | None
 
 
-class ExplainClient:
+class ExplainClient(ClientBase):
     """Synchronous client for cxrexplain models served by TorchServe.
 
     Parameters
@@ -73,37 +69,8 @@ class ExplainClient:
     ...     ex.overlay("rap", "cxr.png").save("rap.png")
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        grpc_target: str = DEFAULT_GRPC_TARGET,
-        *,
-        token: str | None = None,
-        token_file: str | os.PathLike[str] | None = None,
-        management_url: str = DEFAULT_MANAGEMENT_URL,
-        grpc_management_target: str = DEFAULT_GRPC_MANAGEMENT_TARGET,
-        management_token: str | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retries: int = 3,
-        retry_policy: RetryPolicy | None = None,
-        transport: str = "rest",
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-    ) -> None:
-        self.settings: Settings = make_settings(
-            url,
-            grpc_target,
-            management_url,
-            grpc_management_target,
-            token,
-            token_file,
-            management_token,
-            timeout,
-            retries,
-            retry_policy,
-            transport,
-            max_message_bytes,
-        )
-        self._http = httpx.Client(timeout=timeout)
+    def _open(self) -> None:
+        self._http = httpx.Client(timeout=self.settings.timeout)
         self._channel: grpc.Channel | None = None
         self._mgmt_channel: grpc.Channel | None = None
         self._lock = threading.Lock()
@@ -155,8 +122,8 @@ class ExplainClient:
         Explanation
             With ``findings`` and no ``results``.
         """
-        opts = option_kwargs(None, None, top_k, None, None, None, None, None)
-        return self._infer(image, model, version, opts, transport, timeout)
+        call = self._core.infer(image, model, version, transport, timeout, {"top_k": top_k})
+        return codec.to_explanation(self._unary(call))
 
     def explain(
         self,
@@ -166,14 +133,9 @@ class ExplainClient:
         targets: Targets = "positive",
         *,
         version: str | None = None,
-        top_k: int | None = None,
-        heatmap_format: str | None = None,
-        heatmap_dtype: str | None = None,
-        frames: int | None = None,
-        latent_shift_map: str | None = None,
-        direction: str | None = None,
         transport: str | None = None,
         timeout: TimeoutArg = USE_CLIENT_DEFAULT,
+        **options: Unpack[ExplainOptions],
     ) -> Explanation:
         """Findings and explanations for one image.
 
@@ -187,24 +149,30 @@ class ExplainClient:
             Method names (``cam``, ``gradcam``, ``lrp``, ``rap``, ``latent_shift``, ``saliency``, ...).
         targets
             Label names or indices, or ``"positive"`` (every finding above its operating point).
-        top_k
-            Explain the k most probable findings.
-        heatmap_format, heatmap_dtype
-            ``array`` (raw, ``float16`` or ``float32``) or ``png`` (display-normalized).
-        frames, latent_shift_map, direction
-            Latent Shift: number of frames, map kind (``max``, ``mean``, ``minmax``, ``int``), ``logit`` or
-            ``sigmoid``.
         transport, timeout
             Override the client's defaults for this call.
+        **options
+            Every other request option, by its wire key (:class:`~cxrexplain_client._proto.options_schema.
+            ExplainOptions`, README's option table): ``top_k``, ``heatmap_format`` (``array`` | ``png``),
+            ``heatmap_dtype`` (``float16`` | ``float32``), ``frames``, ``latent_shift_map``, ``direction``,
+            ``gif``, ``steps``, ``accept``, ``request_id``, ``value_range`` (``(low, high)``), and
+            ``method_options`` for each method's own options, ``{"gradcam": {"layer": "features.28"}}``.
+            Each is checked against the option schema before anything is sent.
 
         Returns
         -------
         Explanation
+
+        Raises
+        ------
+        InvalidInput
+            An option value that does not fit (the message names the option), or the server's refusal.
+        TypeError
+            An option name that does not exist.
         """
-        opts = option_kwargs(
-            methods, targets, top_k, heatmap_format, heatmap_dtype, frames, latent_shift_map, direction
-        )
-        return self._infer(image, model, version, opts, transport, timeout)
+        request = {"methods": methods, "targets": targets, **options}
+        call = self._core.infer(image, model, version, transport, timeout, request)
+        return codec.to_explanation(self._unary(call))
 
     def stream_explain(
         self,
@@ -214,13 +182,8 @@ class ExplainClient:
         targets: Targets = "positive",
         *,
         version: str | None = None,
-        top_k: int | None = None,
-        heatmap_format: str | None = None,
-        heatmap_dtype: str | None = None,
-        frames: int | None = None,
-        latent_shift_map: str | None = None,
-        direction: str | None = None,
         timeout: TimeoutArg = USE_CLIENT_DEFAULT,
+        **options: Unpack[ExplainOptions],
     ) -> Iterator[StreamPart]:
         """Explain over gRPC ``StreamPredictions2``, yielding parts as the server finishes them.
 
@@ -229,44 +192,35 @@ class ExplainClient:
         The call goes to the model's streaming twin ``<model>-stream`` (see README, Streaming), with a fresh
         sequence id: TorchServe 0.12 refuses a stream without one.
         """
-        opts = option_kwargs(
-            methods, targets, top_k, heatmap_format, heatmap_dtype, frames, latent_shift_map, direction
-        )
-        encoded, fields = prepare(image, opts, stream=True)
-        request = stream_request(model, version, encoded, fields)
-        deadline = self.settings.pick_timeout(timeout)
+        request = {"methods": methods, "targets": targets, **options}
+        call = self._core.stream(image, model, version, timeout, request)
         # TorchServe ends the response stream as soon as the client half-closes, so the request stream stays
         # open until the last part has arrived.
         finished = threading.Event()
 
         def requests() -> Iterator[inference_pb2.PredictionsRequest]:
-            yield request
+            yield call.request
             finished.wait()
 
-        stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel())
-        call = stub.StreamPredictions2(
-            requests(), timeout=deadline, metadata=codec.grpc_metadata(self.settings.token)
-        )
+        stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel(False))
+        responses = stub.StreamPredictions2(requests(), timeout=call.timeout, metadata=call.metadata)
         assembler = codec.StreamAssembler()
         try:
-            for response in call:
-                check_prediction_status(response)
-                part = assembler.add(codec.parse_payload(response.prediction))
+            for response in responses:
+                part = stream_part(assembler, response)
                 yield part
                 if part.last:
                     break
         except grpc.RpcError as exc:
-            raise self._grpc_error(exc, self.settings.grpc_target, deadline) from exc
+            raise grpc_error(exc, call.target, call.timeout) from exc
         finally:
             finished.set()
             if not assembler.finished:
-                call.cancel()
+                responses.cancel()
         if not assembler.finished:
-            raise CxrExplainClientError(
-                "the stream ended before its last part; the server may have restarted"
-            )
+            raise stream_cut_short()
         try:
-            for _ in call:  # drain: the server completes once the request stream is closed
+            for _ in responses:  # drain: the server completes once the request stream is closed
                 pass
         except grpc.RpcError as exc:
             log.debug("stream closed with %s after the last part", exc.code())
@@ -285,9 +239,8 @@ class ExplainClient:
         -------
         ModelDescription
         """
-        _, fields = prepare(None, {}, describe=True)
-        msg = self._send(None, fields, model, version, transport, timeout)
-        return codec.to_description(msg)
+        call = self._core.infer(None, model, version, transport, timeout, {"describe": True})
+        return codec.to_description(self._unary(call))
 
     def models(
         self, *, transport: str | None = None, limit: int = 100, timeout: TimeoutArg = USE_CLIENT_DEFAULT
@@ -298,153 +251,59 @@ class ExplainClient:
         -------
         list of ModelInfo
         """
-        chosen = self.settings.pick_transport(transport)
-        deadline = self.settings.pick_timeout(timeout)
-        out: list[ModelInfo] = []
-        page: int | None = 0
-        while page is not None:
-            if chosen == "grpc":
-                stub = management_pb2_grpc.ManagementAPIsServiceStub(self._grpc_mgmt_channel())
-                # TorchServe 0.12 lists nothing unless `limit` is set.
-                req = management_pb2.ListModelsRequest(limit=limit, next_page_token=page)
-                try:
-                    reply = stub.ListModels(
-                        req, timeout=deadline, metadata=codec.grpc_metadata(self.settings.management_token)
-                    )
-                except grpc.RpcError as exc:
-                    raise self._grpc_error(exc, self.settings.grpc_management_target, deadline) from exc
-                text: str | bytes = reply.msg
-            else:
-                url = f"{self.settings.management_url}/models?limit={limit}&next_page_token={page}"
-                resp = self._rest("GET", url, None, {}, deadline, self.settings.management_token)
-                text = resp.content
-            models, next_page = parse_model_list(text)
-            out.extend(models)
-            page = next_page if next_page and models else None
-        return out
+        pages = self._core.model_pages(transport, limit, timeout)
+        while not pages.done:
+            call = pages.next_call()
+            pages.add(self._grpc(call) if isinstance(call, GrpcCall) else self._rest(call))
+        return pages.models
 
     def health(self, *, transport: str | None = None, timeout: TimeoutArg = USE_CLIENT_DEFAULT) -> Health:
         """The server's health (``/ping``; TorchServe 0.12 wants the token here too)."""
-        chosen = self.settings.pick_transport(transport)
-        deadline = self.settings.pick_timeout(timeout)
-        if chosen == "grpc":
-            stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel())
-            try:
-                reply = stub.Ping(
-                    empty_pb2.Empty(), timeout=deadline, metadata=codec.grpc_metadata(self.settings.token)
-                )
-            except grpc.RpcError as exc:
-                raise self._grpc_error(exc, self.settings.grpc_target, deadline) from exc
-            return parse_health(reply.health)
-        resp = self._rest(
-            "GET", f"{self.settings.url}/ping", None, {}, deadline, self.settings.token, ok=(500,)
+        call = self._core.health(transport, timeout)
+        return parse_health(self._grpc(call) if isinstance(call, GrpcCall) else self._rest(call))
+
+    # ---------------------------------------------------------------------------------------------- I/O
+    def _unary(self, call: RestCall | GrpcCall) -> explain_pb2.ExplainResponse:
+        return explain_payload(self._grpc(call) if isinstance(call, GrpcCall) else self._rest(call))
+
+    def _grpc(self, call: GrpcCall) -> Any:
+        channel = self._grpc_channel(call.management)
+        stub: Any = (
+            management_pb2_grpc.ManagementAPIsServiceStub(channel)
+            if call.management
+            else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         )
-        return parse_health(resp.content)
+        try:
+            return getattr(stub, call.rpc)(call.request, timeout=call.timeout, metadata=call.metadata)
+        except grpc.RpcError as exc:
+            raise grpc_error(exc, call.target, call.timeout) from exc
 
-    # ----------------------------------------------------------------------------------------- internals
-    def _infer(
-        self,
-        image: Any,
-        model: str,
-        version: str | None,
-        opts: dict[str, Any],
-        transport: str | None,
-        timeout: TimeoutArg,
-    ) -> Explanation:
-        encoded, fields = prepare(image, opts)
-        return codec.to_explanation(self._send(encoded, fields, model, version, transport, timeout))
-
-    def _send(
-        self,
-        encoded: codec.EncodedImage | None,
-        fields: dict[str, str],
-        model: str,
-        version: str | None,
-        transport: str | None,
-        timeout: TimeoutArg,
-    ) -> Any:
-        chosen = self.settings.pick_transport(transport)
-        deadline = self.settings.pick_timeout(timeout)
-        if chosen == "grpc":
-            request = predictions_request(model, version, encoded, fields)
-            stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel())
-            try:
-                reply = stub.Predictions(
-                    request, timeout=deadline, metadata=codec.grpc_metadata(self.settings.token)
-                )
-            except grpc.RpcError as exc:
-                raise self._grpc_error(exc, self.settings.grpc_target, deadline) from exc
-            check_prediction_status(reply)
-            return codec.parse_payload(reply.prediction)
-        body = codec.rest_body(encoded, fields)
-        headers = {**body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE}
-        url = self.settings.url + codec.rest_path(model, version)
-        resp = self._rest("POST", url, body.content, headers, deadline, self.settings.token)
-        return codec.parse_payload(resp.content, resp.headers.get("content-type"))
-
-    def _rest(
-        self,
-        method: str,
-        url: str,
-        content: bytes | None,
-        headers: dict[str, str],
-        timeout: float | None,
-        token: str | None,
-        ok: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        """One REST call with the retry loop: HTTP 503 and refused connections are retried with backoff."""
-        delays = self.settings.policy.delays()
-        all_headers = {**headers, **codec.auth_headers(token)}
+    def _rest(self, call: RestCall) -> httpx.Response:
+        retry = RestRetry(call, self.settings.policy)
         while True:
             try:
-                resp = self._http.request(method, url, content=content, headers=all_headers, timeout=timeout)
-            except httpx.TimeoutException as exc:
-                raise timeout_error(url, timeout) from exc
-            except httpx.ConnectError as exc:
-                error: CxrExplainClientError = connection_error(url, exc)
-                cause: Exception = exc
+                resp = self._http.request(
+                    call.method, call.url, content=call.content, headers=call.headers, timeout=call.timeout
+                )
             except httpx.TransportError as exc:
-                raise connection_error(url, exc) from exc
+                delay = retry.after_error(exc)
             else:
-                if resp.status_code < 400 or resp.status_code in ok:
+                wait = retry.after_response(resp)
+                if wait is None:
                     return resp
-                try:
-                    resp.raise_for_status()
-                except httpx.HTTPStatusError as exc:
-                    error = codec.http_error(resp.status_code, resp.content, resp.headers.get("content-type"))
-                    cause = exc
-                if resp.status_code != 503:
-                    raise error from cause
-            delay = next(delays, None)
-            if delay is None:
-                raise error from cause
-            log.info("%s %s: %s; retrying in %.2f s", method, url, error.message, delay)
+                delay = wait
             time.sleep(delay)
 
-    def _grpc_channel(self) -> grpc.Channel:
+    def _grpc_channel(self, management: bool) -> grpc.Channel:
         with self._lock:
+            if management:
+                if self._mgmt_channel is None:
+                    self._mgmt_channel = grpc.insecure_channel(
+                        self.settings.grpc_management_target, options=self.settings.channel_options()
+                    )
+                return self._mgmt_channel
             if self._channel is None:
                 self._channel = grpc.insecure_channel(
-                    self.settings.grpc_target,
-                    options=grpc_channel_options(self.settings.policy, self.settings.max_message_bytes),
+                    self.settings.grpc_target, options=self.settings.channel_options()
                 )
             return self._channel
-
-    def _grpc_mgmt_channel(self) -> grpc.Channel:
-        with self._lock:
-            if self._mgmt_channel is None:
-                self._mgmt_channel = grpc.insecure_channel(
-                    self.settings.grpc_management_target,
-                    options=grpc_channel_options(self.settings.policy, self.settings.max_message_bytes),
-                )
-            return self._mgmt_channel
-
-    @staticmethod
-    def _grpc_error(exc: grpc.RpcError, target: str, deadline: float | None) -> CxrExplainClientError:
-        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return timeout_error(target, deadline)
-        if code == grpc.StatusCode.UNAVAILABLE and details and "connect" in details.lower():
-            return connection_error(target, exc)
-        return error_from_grpc(code.name, details)

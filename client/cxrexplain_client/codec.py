@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from PIL import Image
 
 from ._proto import explain_pb2
+from ._proto import options_schema as schema
 from .errors import CxrExplainClientError, InvalidInput, error_from_fields, parse_error_body
 from .results import (
     Explanation,
@@ -30,11 +31,6 @@ from .results import (
 
 PROTOBUF_MEDIA_TYPE = "application/x-protobuf"
 JSON_MEDIA_TYPE = "application/json"
-
-HEATMAP_FORMATS = ("array", "png")
-HEATMAP_DTYPES = ("float16", "float32")
-LATENT_SHIFT_MAPS = ("max", "mean", "minmax", "int")
-DIRECTIONS = ("logit", "sigmoid")
 
 
 # --------------------------------------------------------------------------------------------- request side
@@ -104,58 +100,67 @@ def encode_image(image: Any) -> EncodedImage:
     return EncodedImage(data, _sniff(data))
 
 
-def _join(values: str | int | Iterable[str | int]) -> str:
-    if isinstance(values, (str, int)):
-        return str(values)
-    return ",".join(str(v) for v in values)
+def _given(value: Any) -> bool:
+    """Whether an option was given: ``None`` and empty text or lists mean "leave it to the server"."""
+    return value is not None and not (isinstance(value, str | list | tuple) and len(value) == 0)
+
+
+def _wire_text(spec: schema.OptionSpec, value: Any) -> str:
+    try:
+        return spec.to_text(value)
+    except schema.OptionError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def build_options(
-    *,
-    methods: Sequence[str] | str | None = None,
-    targets: Sequence[str | int] | str | int | None = None,
-    top_k: int | None = None,
-    heatmap_format: str | None = None,
-    heatmap_dtype: str | None = None,
-    frames: int | None = None,
-    latent_shift_map: str | None = None,
-    direction: str | None = None,
-    stream: bool = False,
-    describe: bool = False,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None, **options: Any
 ) -> dict[str, str]:
-    """The request's option fields (wire keys, lowercase), leaving out what was not given.
+    """The request's option fields (wire keys), each checked against ``protos/options.json`` before upload.
 
-    Lists travel comma-separated; ``targets="positive"`` asks for every finding above its operating point.
-    Values are checked here only where the set is closed, so a typo fails before the upload.
+    Parameters
+    ----------
+    method_options
+        Each method's own options, ``{"gradcam": {"layer": "features.28"}}``, sent as ``gradcam.layer``.
+    **options
+        Any request option by its wire key (README's option table: ``methods``, ``targets``, ``top_k``,
+        ``gif``, ``steps``, ``value_range``, ...). Lists travel comma-separated; ``targets="positive"`` asks
+        for every finding above its operating point. ``None`` (or an empty list) sends nothing.
+
+    Returns
+    -------
+    dict of str to str
+        Wire key -> text, leaving out what was not given.
+
+    Raises
+    ------
+    InvalidInput
+        A value that does not fit its option, an unknown method, or a method option the method does not take;
+        the message names the option and what fits.
+    TypeError
+        An option name that does not exist.
     """
-    opts: dict[str, str] = {}
-    if methods:
-        opts["methods"] = _join(methods)
-    if targets is not None and targets != []:
-        opts["targets"] = _join(targets)
-    if top_k is not None:
-        if top_k < 1:
-            raise InvalidInput(f"top_k must be >= 1, got {top_k}")
-        opts["top_k"] = str(int(top_k))
-    for key, value, allowed in (
-        ("heatmap_format", heatmap_format, HEATMAP_FORMATS),
-        ("heatmap_dtype", heatmap_dtype, HEATMAP_DTYPES),
-        ("latent_shift_map", latent_shift_map, LATENT_SHIFT_MAPS),
-        ("direction", direction, DIRECTIONS),
-    ):
-        if value is not None:
-            if value not in allowed:
-                raise InvalidInput(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-            opts[key] = value
-    if frames is not None:
-        if frames < 2:
-            raise InvalidInput(f"frames must be >= 2, got {frames}")
-        opts["frames"] = str(int(frames))
-    if stream:
-        opts["stream"] = "true"
-    if describe:
-        opts["describe"] = "true"
-    return opts
+    fields: dict[str, str] = {}
+    for key, value in options.items():
+        spec = schema.REQUEST_OPTIONS.get(key)
+        if spec is None:
+            raise TypeError(
+                f"unknown option {key!r}; options: {', '.join(schema.REQUEST_OPTIONS)}, and method_options= "
+                "for a method's own options"
+            )
+        if _given(value):
+            fields[key] = _wire_text(spec, value)
+    for method in schema.REQUEST_OPTIONS["methods"].parse(fields.get("methods", "")):
+        if method.lower() not in schema.METHODS:
+            raise InvalidInput(f"unknown method {method!r}; known methods: {', '.join(schema.METHODS)}")
+    for method, given in (method_options or {}).items():
+        for name, value in given.items():
+            try:
+                spec = schema.method_option(f"{method}.{name}")
+            except schema.OptionError as exc:
+                raise InvalidInput(str(exc)) from None
+            if _given(value):
+                fields[spec.key] = _wire_text(spec, value)
+    return fields
 
 
 OPTIONS_HEADER = "X-Cxrexplain-Options"

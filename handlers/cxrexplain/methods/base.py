@@ -15,6 +15,7 @@ import torch
 
 from ..bundle import AutoencoderBundle, ClassifierBundle
 from ..errors import InvalidOption, UnknownMethod
+from ..options_schema import parse_bool
 
 Captures = tuple[str, ...] | Literal["all"]
 
@@ -93,12 +94,11 @@ class Method(ABC):
 
 
 def _coerce(kind: type, value: Any) -> Any:
-    """Convert an option value (often text from the wire) to ``kind``; "false"/"0" are False for bools."""
+    """Convert an option value (often text from the wire) to ``kind``. ``bool("false")`` would be True, so text
+    booleans are read with the wire's one set of words (:func:`~cxrexplain.options_schema.parse_bool`, the
+    reading the server and the client SDK use); its error is a ``ValueError``."""
     if kind is bool and isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(value)
-        return lowered in ("true", "1", "yes")
+        return parse_bool("value", value)
     return kind(value)
 
 
