@@ -17,8 +17,12 @@ from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
 from cxrexplain_imageio import decode_image
 from cxrexplain_serving import render
+from cxrexplain_serving.caps import CostCaps
 from cxrexplain_serving.options import PROTOBUF, parse_options, with_header_options
-from cxrexplain_serving.service import CostCaps, ExplainService, OnnxPredictor, RowRequest, decode
+from cxrexplain_serving.predictor import OnnxPredictor
+from cxrexplain_serving.responses import decode
+from cxrexplain_serving.rows import RowRequest
+from cxrexplain_serving.service import ExplainService
 from cxrexplain_serving.telemetry import DECODE_ERRORS, METHOD_LATENCY, RECONSTRUCTION_GAP, REQUESTS, Telemetry
 
 LABELS = ["Cardiomegaly", "Nodule", "Mass", "Effusion", "Pneumothorax"]
