@@ -13,6 +13,7 @@ rise 5 % of p0, on the grid k * step); ``app_c`` (003 App. C as published) and `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, ExplanationResult
+from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, ExplanationResult, LatentShiftResult
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.errors import AutoencoderRequired, InvalidOption
 from cxrexplain.methods.base import ForwardContext
@@ -315,6 +316,29 @@ def test_method_output_and_maps_rederived(kind: str) -> None:
         p = curve(clf, ae, x[row:row + 1], "logit")
         got = [p(lam) for lam in res.lambdas[row].tolist()]
         assert np.allclose(res.frame_probabilities[row].numpy(), got, atol=1e-5)
+
+
+def test_the_result_is_typed_and_the_flat_fields_read_it() -> None:
+    """``result.latent_shift`` is a :class:`LatentShiftResult` on the CPU, detached, echoing the options that made
+    it; ``result.frames`` / ``lambdas`` / ``frame_probabilities`` / ``reconstruction_gap`` are its tensors."""
+    x = images(2)
+    res = shift(explainer(BoxScore("tanh", 2.0, 0.47), PoolAE()), x, frames=4, map="minmax", direction="sigmoid",
+                step=0.5, max_lambda=200.0)
+    typed = res.latent_shift
+    assert isinstance(typed, LatentShiftResult)
+    assert (typed.map_kind, typed.direction) == ("minmax", "sigmoid")
+    assert res.frames is typed.frames and res.lambdas is typed.lambdas
+    assert res.frame_probabilities is typed.frame_probabilities
+    assert res.reconstruction_gap is typed.reconstruction_gap
+    assert typed.reconstruction.shape == (2, SIZE, SIZE)
+    assert typed.upper_bound_reached.shape == typed.lower_bound_reached.shape == (2,)
+    assert typed.lower_bound_reached.dtype == torch.bool
+    assert isinstance(typed.passes, int) and 0 < typed.search_passes < typed.passes
+    for f in dataclasses.fields(typed):
+        value = getattr(typed, f.name)
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "cpu" and not value.requires_grad, f.name
+    assert list(res.timings_ms) == ["latent_shift"]
 
 
 def test_reconstruction_gap_is_f_x_minus_f_dex() -> None:
