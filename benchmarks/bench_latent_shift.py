@@ -9,7 +9,7 @@ the two spaces through the bundle's adapters, as in production. One image, targe
 (a) ``direction="sigmoid"`` (the paper's): the reference code's walk (``search="reference_walk"``), 003 App. C
     (``"app_c"``) and ours (``"fast"``; optionally our step-by-step walk ``"exhaustive"``: our stop rule, both
     sides, the same bounds as ``"fast"`` by construction), all with the cap |λ| <= 1000 and step 10:
-    decode+classify passes (the method's ``passes`` / ``search_passes`` extras) and time of the whole
+    decode+classify passes (``result.latent_shift.passes`` / ``search_passes``) and time of the whole
     ``explain`` call, interleaved. The published walks search the lower side only, with their own stop rules.
 (b) the default ``direction="logit"`` with ``search="fast"`` (default batching) against the paper's procedure
     as published (App. C walk, sigmoid direction, un-batched: ``batch_size=1``): end-to-end time ratio.
@@ -96,9 +96,10 @@ def shift_calls(explainer: cxrexplain.Explainer, x: torch.Tensor, target: int,
 
 
 def summarize(result: ExplanationResult) -> dict[str, Any]:
-    assert result.lambdas is not None
-    return {"passes": int(result.extras["passes"]), "search_passes": int(result.extras["search_passes"]),
-            "lambda_range": [float(result.lambdas[0, 0]), float(result.lambdas[0, -1])]}
+    shift = result.latent_shift
+    assert shift is not None
+    return {"passes": shift.passes, "search_passes": shift.search_passes,
+            "lambda_range": [float(shift.lambdas[0, 0]), float(shift.lambdas[0, -1])]}
 
 
 def samples(fns: dict[str, Callable[[], Any]], repeats: int) -> common.Timings:

@@ -50,7 +50,9 @@ import cxrexplain
 from cxrexplain_client import codec
 from cxrexplain_client._core import predictions_request
 from cxrexplain_client._proto import inference_pb2_grpc
-from cxrexplain_serving.service import ExplainService, OnnxPredictor, RowRequest
+from cxrexplain_serving.predictor import OnnxPredictor
+from cxrexplain_serving.rows import RowRequest
+from cxrexplain_serving.service import ExplainService
 
 from . import common
 

@@ -2,7 +2,7 @@
 
 Thin on purpose: :meth:`CxrExplainHandler.initialize` loads the archive's files into a
 :class:`cxrexplain_serving.service.ExplainService`; :meth:`CxrExplainHandler.handle` turns TorchServe's rows into
-:class:`~cxrexplain_serving.service.RowRequest` objects and the results back into per-row bytes, statuses and content
+:class:`~cxrexplain_serving.rows.RowRequest` objects and the results back into per-row bytes, statuses and content
 types. Everything else (options, decoding, caps, the engine, encoding, error mapping) lives in the service.
 
 Archive layout (the archive root is the model directory; ``--extra-files`` puts these there)::
@@ -28,15 +28,12 @@ from ts.torch_handler.base_handler import BaseHandler
 from cxrexplain.allocator import keep_freed_memory
 from cxrexplain.models import load_autoencoder, load_classifier
 from cxrexplain_serving.autoencoder_service import AutoencoderService
+from cxrexplain_serving.config import caps_from_config, load_serve_config
 from cxrexplain_serving.options import OPTIONS_HEADER
-from cxrexplain_serving.service import (
-    ExplainService,
-    OnnxPredictor,
-    RowRequest,
-    caps_from_config,
-    internal_error,
-    load_serve_config,
-)
+from cxrexplain_serving.predictor import OnnxPredictor
+from cxrexplain_serving.responses import internal_error
+from cxrexplain_serving.rows import RowRequest
+from cxrexplain_serving.service import ExplainService
 from cxrexplain_serving.telemetry import MetricSpec, Telemetry, new_request_id
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from cxrexplain import (
     Explainer,
     InputSpec,
     InvalidInput,
+    InvalidOption,
     UnknownLabel,
     UnknownMethod,
 )
@@ -138,6 +139,76 @@ def test_one_target_is_broadcast_and_rows_are_independent(bundle: ClassifierBund
 def test_no_target_explains_the_most_probable_finding(bundle: ClassifierBundle, x: torch.Tensor) -> None:
     res = Explainer(bundle, device="cpu").explain(x, methods=["cam"])
     assert res.targets == res.probabilities.argmax(dim=1).tolist()
+
+
+def test_the_default_target_is_read_from_the_one_forward_pass(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    """``None`` (for all rows or in a row's place) is the row's top finding in this call's own forward: the
+    classifier runs once, and the explained target is the argmax of the probabilities the result reports."""
+    ex = Explainer(bundle, device="cpu")
+    head = bundle.traced.cam_head().linear
+    forwards: list[int] = []
+    handle = head.register_forward_hook(lambda module, args, out: forwards.append(len(out)))
+    try:
+        res = ex.explain(x, methods=["cam"], targets=[None, "Mass", None])
+    finally:
+        handle.remove()
+    assert forwards == [3]  # one forward of the batch, no pass to find the top finding
+    top = res.probabilities.argmax(dim=1).tolist()
+    assert res.targets == [top[0], 2, top[2]]
+    named = ex.explain(x, methods=["cam"], targets=res.targets)
+    torch.testing.assert_close(res.heatmaps["cam"], named.heatmaps["cam"], rtol=0, atol=0)
+
+
+def test_method_instances_run_as_given_and_are_never_built_again(
+    bundle: ClassifierBundle, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the service does: it builds (and so validates) each method once, then hands the instances over."""
+    ex = Explainer(bundle, device="cpu")
+    names = ["cam", "saliency", "integrated_gradients"]
+    targets = [0, "Mass", None]
+    by_name = ex.explain(x, methods=names, targets=targets, options=small_options())
+    instances = [registry.create(name, **small_options().get(name, {})) for name in names]
+    built: list[str] = []
+    original = Method.__init__
+
+    def counting(self: Method, **options: object) -> None:
+        built.append(self.name)
+        original(self, **options)
+
+    monkeypatch.setattr(Method, "__init__", counting)
+    as_list = ex.explain(x, methods=instances, targets=targets)
+    as_mapping = ex.explain(x, methods={m.name: m for m in instances}, targets=targets)
+    assert built == []
+    for res in (as_list, as_mapping):
+        assert res.targets == by_name.targets and list(res.heatmaps) == names
+        for name in names:
+            torch.testing.assert_close(res.heatmaps[name], by_name.heatmaps[name], rtol=0, atol=0, msg=name)
+    ex.explain(x, methods=["cam", "cam"], targets=0)  # by name: built here, once per name
+    assert built == ["cam"]
+
+
+def test_method_instances_conflicting_with_names_or_options_are_refused(
+    bundle: ClassifierBundle, x: torch.Tensor
+) -> None:
+    ex = Explainer(bundle, device="cpu")
+    steps4 = registry.create("integrated_gradients", steps=4)
+    with pytest.raises(InvalidOption, match="set them on the instance"):
+        ex.explain(x, methods=[steps4], targets=0, options={"integrated_gradients": {"steps": 8}})
+    with pytest.raises(InvalidOption, match="given twice"):
+        ex.explain(x, methods=["integrated_gradients", steps4], targets=0)
+    with pytest.raises(InvalidOption, match="given twice"):
+        ex.explain(x, methods=[steps4, registry.create("integrated_gradients", steps=4)], targets=0)
+    with pytest.raises(ValueError, match="key each instance by its name"):
+        ex.explain(x, methods={"cam": steps4}, targets=0)
+    once = ex.explain(x, methods=[steps4, steps4], targets=0)  # the same instance twice is asked once
+    assert list(once.heatmaps) == ["integrated_gradients"]
+
+
+def test_each_method_is_timed_on_its_own(bundle: ClassifierBundle, x: torch.Tensor) -> None:
+    res = Explainer(bundle, device="cpu").explain(x, methods=["cam", "saliency"], targets=0)
+    assert list(res.timings_ms) == ["cam", "saliency"] and all(ms >= 0 for ms in res.timings_ms.values())
+    assert res.latent_shift is None and res.frames is None and res.lambdas is None
+    assert res.frame_probabilities is None and res.reconstruction_gap is None
 
 
 # ------------------------------------------------------------------------------------- the shared forward

@@ -28,7 +28,7 @@ from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
 from cxrexplain.models import build_classifier, save_autoencoder, save_classifier
 from cxrexplain.spec import unit_spec
-from cxrexplain_serving.service import decode
+from cxrexplain_serving.responses import decode
 from cxrexplain_serving.telemetry import ALL_METRICS, metrics_yaml_section
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ rise 5 % of p0, on the grid k * step); ``app_c`` (003 App. C as published) and `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, ExplanationResult
+from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, ExplanationResult, LatentShiftResult
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.errors import AutoencoderRequired, InvalidOption
 from cxrexplain.methods.base import ForwardContext
@@ -120,7 +121,7 @@ def test_linear_bounds_match_closed_form() -> None:
     assert torch.allclose(res.lambdas[:, -1].double(), expected_high, atol=1e-4)
     assert res.frame_probabilities[:, 0].le(0.7 * p0.float() + 1e-6).all()
     assert res.frame_probabilities[:, -1].ge(1.05 * p0.float() - 1e-6).all()
-    assert res.extras["upper_bound_reached"].all() and res.extras["lower_bound_reached"].all()
+    assert res.latent_shift.upper_bound_reached.all() and res.latent_shift.lower_bound_reached.all()
     assert torch.allclose(res.reconstruction_gap, torch.zeros(2), atol=1e-6)  # cell-aligned box: no gap
 
 
@@ -150,20 +151,20 @@ def test_fast_search_matches_exhaustive_walk(case: str, direction: str) -> None:
     assert (fast.lambdas - walk.lambdas).abs().max() <= step  # the spec's promise: within one walk step
     assert torch.allclose(fast.frames, walk.frames, atol=1e-5)
     assert torch.allclose(fast.frame_probabilities, walk.frame_probabilities, atol=1e-6)
-    assert torch.equal(fast.extras["upper_bound_reached"], walk.extras["upper_bound_reached"])
-    assert fast.extras["search_passes"] < walk.extras["search_passes"]
-    ratio = walk.extras["search_passes"] / fast.extras["search_passes"]
-    print(f"{case}/{direction}: walk {walk.extras['search_passes']} search passes, fast "
-          f"{fast.extras['search_passes']} ({ratio:.1f}x fewer); bounds {fast.lambdas[:, [0, -1]].tolist()}")
+    assert torch.equal(fast.latent_shift.upper_bound_reached, walk.latent_shift.upper_bound_reached)
+    assert fast.latent_shift.search_passes < walk.latent_shift.search_passes
+    ratio = walk.latent_shift.search_passes / fast.latent_shift.search_passes
+    print(f"{case}/{direction}: walk {walk.latent_shift.search_passes} search passes, fast "
+          f"{fast.latent_shift.search_passes} ({ratio:.1f}x fewer); bounds {fast.lambdas[:, [0, -1]].tolist()}")
     if case == "linear-far" and direction == "logit":
         assert ratio > 4  # the walk runs about 250 steps down and 40 up here
     p = curve(clf, PoolAE(), x[:1], direction)
     if case == "turn":  # the rise of 5 % is out of reach: the upper bound is where p stops rising
-        assert not fast.extras["upper_bound_reached"].any()
+        assert not fast.latent_shift.upper_bound_reached.any()
         top, h = fast.lambdas[0, -1].item(), walk_step(step, direction, p(0.0))
         assert p(top) > p(top - h) and p(top) >= p(top + h)
     if case == "valley":  # the fall of 30 % is out of reach: the lower bound is where p stops falling
-        assert not fast.extras["lower_bound_reached"].any()
+        assert not fast.latent_shift.lower_bound_reached.any()
         floor, h = fast.lambdas[0, 0].item(), walk_step(step, direction, p(0.0))
         assert p(floor) < p(floor + h) and p(floor) <= p(floor - h)
 
@@ -174,8 +175,8 @@ def test_fast_search_on_a_grid_it_cannot_leave_within_the_cap() -> None:
     res = shift(explainer(clf, PoolAE()), images(), step=0.5, max_lambda=3.0)
     assert (res.frame_probabilities[:, 0] < 0.96).all()
     assert torch.allclose(res.lambdas[:, -1], torch.full((2,), 3.0))
-    assert not res.extras["upper_bound_reached"].any()
-    assert res.extras["lower_bound_reached"].all()
+    assert not res.latent_shift.upper_bound_reached.any()
+    assert res.latent_shift.lower_bound_reached.all()
 
 
 @pytest.mark.parametrize("sign", [-1, 1])
@@ -260,7 +261,7 @@ def test_published_searches_reproduced(search: str, loop: Callable[..., float]) 
         assert res.lambdas[row, 0].item() == pytest.approx(expected)
         assert res.lambdas[row, -1].item() == 0.0  # no upper search
         assert expected <= -40  # the walk ran far (tens of evaluations)
-    assert not res.extras["upper_bound_reached"].any()
+    assert not res.latent_shift.upper_bound_reached.any()
 
 
 def test_published_walk_stops_on_a_rise() -> None:
@@ -298,11 +299,11 @@ def test_method_output_and_maps_rederived(kind: str) -> None:
     assert res.frame_probabilities.shape == (n, k) and res.reconstruction_gap.shape == (n,)
     assert res.heatmaps["latent_shift"].shape == (n, SIZE, SIZE)
     assert res.heatmaps["latent_shift"].dtype == torch.float32
-    assert res.extras["upper_bound_reached"].dtype == torch.bool
+    assert res.latent_shift.upper_bound_reached.dtype == torch.bool
     assert res.frames.min() >= 0 and res.frames.max() <= 1
     assert (res.lambdas.diff(dim=1) > 0).all()
     # Re-derive the map in float64 numpy from the frames and the λ = 0 reconstruction.
-    f, r = res.frames.double().numpy(), res.extras["reconstruction"].double().numpy()
+    f, r = res.frames.double().numpy(), res.latent_shift.reconstruction.double().numpy()
     expected = {"max": np.abs(f - r[:, None]).max(1), "mean": np.abs(f - r[:, None]).mean(1),
                 "minmax": np.abs(f[:, 0] - f[:, -1]), "int": np.abs(np.diff(f, axis=1)).mean(1)}[kind]
     assert np.allclose(res.heatmaps["latent_shift"].numpy(), expected, atol=1e-6)
@@ -315,6 +316,29 @@ def test_method_output_and_maps_rederived(kind: str) -> None:
         p = curve(clf, ae, x[row:row + 1], "logit")
         got = [p(lam) for lam in res.lambdas[row].tolist()]
         assert np.allclose(res.frame_probabilities[row].numpy(), got, atol=1e-5)
+
+
+def test_the_result_is_typed_and_the_flat_fields_read_it() -> None:
+    """``result.latent_shift`` is a :class:`LatentShiftResult` on the CPU, detached, echoing the options that made
+    it; ``result.frames`` / ``lambdas`` / ``frame_probabilities`` / ``reconstruction_gap`` are its tensors."""
+    x = images(2)
+    res = shift(explainer(BoxScore("tanh", 2.0, 0.47), PoolAE()), x, frames=4, map="minmax", direction="sigmoid",
+                step=0.5, max_lambda=200.0)
+    typed = res.latent_shift
+    assert isinstance(typed, LatentShiftResult)
+    assert (typed.map_kind, typed.direction) == ("minmax", "sigmoid")
+    assert res.frames is typed.frames and res.lambdas is typed.lambdas
+    assert res.frame_probabilities is typed.frame_probabilities
+    assert res.reconstruction_gap is typed.reconstruction_gap
+    assert typed.reconstruction.shape == (2, SIZE, SIZE)
+    assert typed.upper_bound_reached.shape == typed.lower_bound_reached.shape == (2,)
+    assert typed.lower_bound_reached.dtype == torch.bool
+    assert isinstance(typed.passes, int) and 0 < typed.search_passes < typed.passes
+    for f in dataclasses.fields(typed):
+        value = getattr(typed, f.name)
+        if isinstance(value, torch.Tensor):
+            assert value.device.type == "cpu" and not value.requires_grad, f.name
+    assert list(res.timings_ms) == ["latent_shift"]
 
 
 def test_reconstruction_gap_is_f_x_minus_f_dex() -> None:
@@ -345,7 +369,7 @@ def test_batch_size_does_not_change_results() -> None:
     one = shift(ex, x, batch_size=1, step=0.5, max_lambda=200.0)
     many = shift(ex, x, batch_size=5, step=0.5, max_lambda=200.0)
     assert torch.allclose(one.lambdas, many.lambdas) and torch.allclose(one.frames, many.frames, atol=1e-6)
-    assert one.extras["passes"] == many.extras["passes"]  # passes count images, not batches
+    assert one.latent_shift.passes == many.latent_shift.passes  # passes count images, not batches
 
 
 # --- input spaces, errors, options --------------------------------------------------------------------------
@@ -430,7 +454,7 @@ def test_confident_model_frames_remove_the_finding(phantom_classifier, phantom_a
     res = ex.explain(x, ["latent_shift"], targets=targets)  # defaults: logit direction, fast search, cap 1000
     t = torch.tensor([phantom_classifier.label_index(n) for n in targets])
     p0 = res.probabilities[torch.arange(len(t)), t] - res.reconstruction_gap  # f(D(E(x)))
-    reached = res.extras["lower_bound_reached"]
+    reached = res.latent_shift.lower_bound_reached
     assert reached.float().mean() >= 0.5
     # Where the fall was reached, the lowest frame removes at least 30 % of p0 (003 §4.2).
     assert (res.frame_probabilities[reached, 0] <= 0.7 * p0[reached] + 1e-6).all()

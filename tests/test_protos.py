@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_DIR = ROOT / "client"
 if importlib.util.find_spec("cxrexplain_client") is None:  # not installed: use the source tree

@@ -14,12 +14,17 @@ import cxrexplain_render as render
 from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
 from cxrexplain.errors import InvalidOption, UnknownMethod
+from cxrexplain.methods.base import Method
 from cxrexplain.models import build_classifier
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
 from cxrexplain_imageio import decode_image
+from cxrexplain_serving.caps import CostCaps
 from cxrexplain_serving.options import PROTOBUF, parse_options, with_header_options
-from cxrexplain_serving.service import CostCaps, ExplainService, OnnxPredictor, RowRequest, decode
+from cxrexplain_serving.predictor import OnnxPredictor
+from cxrexplain_serving.responses import decode
+from cxrexplain_serving.rows import RowRequest
+from cxrexplain_serving.service import ExplainService
 from cxrexplain_serving.telemetry import DECODE_ERRORS, METHOD_LATENCY, RECONSTRUCTION_GAP, REQUESTS, Telemetry
 
 LABELS = ["Cardiomegaly", "Nodule", "Mass", "Effusion", "Pneumothorax"]
@@ -341,6 +346,26 @@ def test_latent_shift_frames_gif_and_gap(bundle):
     assert svc.describe().has_autoencoder and "latent_shift" in svc.describe().methods
 
 
+def test_latent_shift_answer_is_the_engines_typed_result(bundle):
+    """Every wire field of a latent shift is read from the engine's LatentShiftResult of that (image, target)."""
+    svc = ExplainService(bundle, make_autoencoder(), model_name="m", model_version="1", device="cpu")
+    (r, msg), = answer(svc, row(methods="latent_shift", targets="Mass,Nodule", frames="3",
+                                heatmap_dtype="float32"))
+    assert r.status == 200, msg.error.message
+    x, _ = to_model_input(decode_image(png(), "image/png").pixels, bundle.input_spec)
+    direct = svc.explainer.explain(x.expand(2, -1, -1, -1), methods=["latent_shift"], targets=["Mass", "Nodule"],
+                                   options={"latent_shift": {"frames": 3}}).latent_shift
+    assert direct is not None
+    for n, shift in enumerate(msg.latent_shifts):
+        assert shift.target == ["Mass", "Nodule"][n]
+        assert (shift.map_kind, shift.direction) == (direct.map_kind, direct.direction) == ("max", "logit")
+        np.testing.assert_allclose(shift.lambdas, direct.lambdas[n].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(shift.frame_probabilities, direct.frame_probabilities[n].numpy(), atol=1e-6)
+        assert shift.reconstruction_gap == pytest.approx(float(direct.reconstruction_gap[n]), abs=1e-6)
+        assert shift.upper_bound_reached == bool(direct.upper_bound_reached[n])
+        np.testing.assert_allclose(np.stack([array(f) for f in shift.frames]), direct.frames[n].numpy(), atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------- streaming
 
 
@@ -425,6 +450,46 @@ def test_the_default_target_comes_from_the_explanations_own_forward(bundle):
         assert list(message.targets) == [LABELS[int(expected.argmax())]] and len(message.heatmaps) == 1
     answer(svc, row(methods="cam", targets="positive"))
     assert calls == [1]
+
+
+def test_each_method_is_built_once_per_request_and_the_engine_runs_those_instances(service, monkeypatch):
+    """Preparation builds each requested method (which validates its options); the engine call reuses them."""
+    built = []
+    original = Method.__init__
+
+    def counting(self, **options):
+        built.append(self.name)
+        original(self, **options)
+
+    monkeypatch.setattr(Method, "__init__", counting)
+    (r1, m1), (r2, m2) = answer(service, row(methods="cam,integrated_gradients", steps="4", request_id="a"),
+                                row(body=png(seed=3), methods="cam,integrated_gradients", steps="4",
+                                    request_id="b"))
+    assert r1.status == r2.status == 200 and len(m1.heatmaps) == len(m2.heatmaps) == 2
+    assert sorted(built) == ["cam", "cam", "integrated_gradients", "integrated_gradients"]
+
+
+def test_the_default_target_travels_as_none_to_the_engine(service, bundle):
+    """The service hands the engine ``None`` for a default target and answers with what the engine's forward
+    read: the top finding of the findings in the same answer."""
+    seen = []
+    original = service.explainer.explain
+
+    def spy(x, methods, targets, options=None):
+        seen.append(list(targets))
+        return original(x, methods=methods, targets=targets, options=options)
+
+    service.explainer.explain = spy
+    try:
+        (r1, m1), (r2, m2) = answer(service, row(methods="cam", request_id="default"),
+                                    row(body=png(seed=4), methods="cam", targets="Mass", request_id="named"))
+    finally:
+        del service.explainer.explain
+    assert r1.status == r2.status == 200
+    assert seen == [[None, 2]]
+    top = max(m1.findings, key=lambda f: f.probability).label
+    assert list(m1.targets) == [top] and m1.heatmaps[0].target == top
+    assert list(m2.targets) == ["Mass"]
 
 
 def test_telemetry_counts_requests_methods_and_decode_errors(bundle):

@@ -15,6 +15,7 @@ from .errors import (
     WeightsError,
 )
 from .explainer import Explainer, ExplanationResult, select_device
+from .methods.latent_shift import LatentShiftResult
 from .models import build_classifier, load_autoencoder, load_classifier, save_autoencoder, save_classifier
 from .spec import TORCHVISION, XRV, InputSpec
 
@@ -29,6 +30,7 @@ __all__ = [
     "InputSpec",
     "InvalidInput",
     "InvalidOption",
+    "LatentShiftResult",
     "TORCHVISION",
     "UnknownLabel",
     "UnknownMethod",

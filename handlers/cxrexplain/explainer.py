@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 
 from .bundle import AutoencoderBundle, ClassifierBundle
-from .errors import AutoencoderRequired, InvalidInput
+from .errors import AutoencoderRequired, InvalidInput, InvalidOption
 from .methods import base as registry
-from .methods.base import ForwardContext
+from .methods.base import ForwardContext, Method
+from .methods.latent_shift import LatentShiftOutput, LatentShiftResult
 from .models import find_head, load_autoencoder
 from .spec import InputSpec
 
@@ -31,23 +32,42 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 class ExplanationResult:
     """Everything :meth:`Explainer.explain` returns; tensors are on the CPU, detached.
 
-    ``heatmaps[name]`` is (N, H, W) float32, raw and signed, at the model's input resolution. The latent-shift
-    fields are ``None`` unless ``latent_shift`` was requested.
+    ``heatmaps[name]`` is (N, H, W) float32, raw and signed, at the model's input resolution. ``latent_shift``
+    holds Latent Shift's frames and search outcome (``None`` unless ``latent_shift`` was requested); its frames,
+    λ, frame probabilities and reconstruction gap are also readable here directly. ``timings_ms[name]`` is the
+    time each method took on the shared forward pass.
     """
 
     labels: list[str]
     targets: list[int]
     probabilities: torch.Tensor
     heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
-    frames: torch.Tensor | None = None
-    lambdas: torch.Tensor | None = None
-    frame_probabilities: torch.Tensor | None = None
-    reconstruction_gap: torch.Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    latent_shift: LatentShiftResult | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def target_names(self) -> list[str]:
         return [self.labels[t] for t in self.targets]
+
+    @property
+    def frames(self) -> torch.Tensor | None:
+        """(N, K, H, W) latent-shift frames in [0, 1], or ``None``."""
+        return None if self.latent_shift is None else self.latent_shift.frames
+
+    @property
+    def lambdas(self) -> torch.Tensor | None:
+        """(N, K) the λ of each latent-shift frame, or ``None``."""
+        return None if self.latent_shift is None else self.latent_shift.lambdas
+
+    @property
+    def frame_probabilities(self) -> torch.Tensor | None:
+        """(N, K) the target's probability on each latent-shift frame, or ``None``."""
+        return None if self.latent_shift is None else self.latent_shift.frame_probabilities
+
+    @property
+    def reconstruction_gap(self) -> torch.Tensor | None:
+        """(N,) f(x) - f(D(E(x))) (003 App. K), or ``None``."""
+        return None if self.latent_shift is None else self.latent_shift.reconstruction_gap
 
 
 class Explainer:
@@ -145,17 +165,28 @@ class Explainer:
     def explain(
         self,
         x: torch.Tensor,
-        methods: Sequence[str] = ("cam",),
+        methods: Sequence[str | Method] | Mapping[str, Method] = ("cam",),
         targets: Target | Sequence[Target | None] | None = None,
         options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ExplanationResult:
         """Run the requested methods on one forward pass.
 
-        ``options`` holds per-method options by method name, for example
-        ``{"latent_shift": {"frames": 10, "direction": "logit"}, "integrated_gradients": {"steps": 32}}``.
+        Parameters
+        ----------
+        x
+            (N, C, H, W) batch in the classifier's input space.
+        methods
+            Wire names (``["cam", "latent_shift"]``), :class:`Method` instances already built and validated
+            (``[LatentShift(frames=5)]``), or a mapping of wire name to instance; instances are used as given,
+            never built again.
+        targets
+            One label (name or index) for every row, one per row, or ``None``: the row's top finding, read from
+            this call's forward pass (also in a row's place, ``[None, "Mass"]``).
+        options
+            Per-method options of methods given by name, for example
+            ``{"latent_shift": {"frames": 10, "direction": "logit"}, "integrated_gradients": {"steps": 32}}``.
         """
-        options = options or {}
-        chosen = {name: registry.create(name, **dict(options.get(name, {}))) for name in dict.fromkeys(methods)}
+        chosen = _methods(methods, options or {})
         if "latent_shift" in chosen and self.autoencoder is None:
             raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
         x = self.check_input(x)
@@ -185,19 +216,40 @@ class Explainer:
                 start = time.perf_counter()
                 outputs[name] = method.explain(ctx)
                 timings_ms[name] = (time.perf_counter() - start) * 1e3
-        result = ExplanationResult(
+        shift = outputs.get("latent_shift")
+        return ExplanationResult(
             labels=list(self.bundle.labels),
             targets=ctx.targets.tolist(),
             probabilities=ctx.probabilities.cpu(),
             heatmaps={name: out.heatmap.detach().float().cpu() for name, out in outputs.items()},
-            extras={"timings_ms": timings_ms},
+            latent_shift=shift.shift.cpu() if isinstance(shift, LatentShiftOutput) else None,
+            timings_ms=timings_ms,
         )
-        shift = outputs.get("latent_shift")
-        if shift is not None:
-            for key in ("frames", "lambdas", "frame_probabilities", "reconstruction_gap"):
-                setattr(result, key, shift.extras.pop(key).detach().cpu())
-            result.extras.update(shift.extras)
-        return result
+
+
+def _methods(methods: Sequence[str | Method] | Mapping[str, Method],
+             options: Mapping[str, Mapping[str, Any]]) -> dict[str, Method]:
+    """The methods of one call by wire name: names are built with their ``options``, instances kept as given."""
+    if isinstance(methods, Mapping):
+        for key, instance in methods.items():
+            if key != instance.name:
+                raise ValueError(f"methods[{key!r}] is a {instance.name} method: key each instance by its name")
+    requested: Sequence[str | Method] = list(methods.values()) if isinstance(methods, Mapping) else methods
+    chosen: dict[str, Method] = {}
+    given: dict[str, str | Method] = {}
+    for method in requested:
+        name = method.name if isinstance(method, Method) else method
+        if name in given:
+            if given[name] == method:  # the same name, or the same instance, again: once is enough
+                continue
+            raise InvalidOption(f"{name} is given twice, as different instances or as an instance and by name: "
+                                "ask for each method once")
+        if isinstance(method, Method) and name in options:
+            raise InvalidOption(f"options for {name} were given beside a {name} instance: set them on the "
+                                "instance, or give the method by name")
+        given[name] = method
+        chosen[name] = method if isinstance(method, Method) else registry.create(name, **dict(options.get(name, {})))
+    return chosen
 
 
 def _bundle_classifier(classifier: ClassifierBundle | nn.Module, labels: Sequence[str] | None) -> ClassifierBundle:

@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 import cxrexplain_imageio
-import cxrexplain_render as render
 from cxrexplain.bundle import AutoencoderBundle
 from cxrexplain.errors import CxrExplainError, InvalidInput, InvalidOption
 from cxrexplain.explainer import select_device
 from cxrexplain.preprocess import to_model_input
 
+from .caps import CostCaps
 from .options import check_request_id, negotiate, parse_options, text, with_header_options
-from .service import CostCaps, Emit, RowRequest, RowResult
+from .responses import RowResult, wire_map
+from .rows import Emit, RowRequest
 from .telemetry import Telemetry, new_request_id
 from .wire import explain_pb2
 
@@ -98,13 +99,7 @@ class AutoencoderService:
                 message.latent_shape.extend(flat.shape)
                 return message
         image = spec.to_unit(self.bundle.decode(z)).clamp(0, 1)[0, 0].float().cpu().numpy()
-        h, w = image.shape
-        if fmt == "png":
-            message.reconstruction.CopyFrom(explain_pb2.Map(height=h, width=w, dtype="png",
-                                                            data=render.encode_png(image)))
-        else:
-            message.reconstruction.CopyFrom(explain_pb2.Map(height=h, width=w, dtype=dtype,
-                                                            data=render.encode_array(image, dtype)))  # type: ignore[arg-type]
+        message.reconstruction.CopyFrom(wire_map(image, fmt, dtype, display=True))
         return message
 
 

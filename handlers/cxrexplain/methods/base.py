@@ -8,7 +8,7 @@ more evaluations by nature, integrated gradients or latent shift, run those extr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -53,10 +53,10 @@ class ForwardContext:
 
 @dataclass
 class MethodOutput:
-    """A method's raw result: ``heatmap`` (N, H, W) float32 signed, plus method-specific tensors."""
+    """A method's raw result: ``heatmap`` (N, H, W) float32 signed. A method with more to say returns a subclass
+    with typed fields (Latent Shift's frames: :class:`~cxrexplain.methods.latent_shift.LatentShiftOutput`)."""
 
     heatmap: torch.Tensor
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(ABC):

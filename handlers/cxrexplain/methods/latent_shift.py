@@ -9,7 +9,9 @@ x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,57 @@ SEARCHES = ("fast", "exhaustive", "app_c", "reference_walk")
 # Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (DESIGN.md); GPUs want more.
 CPU_BATCH, CUDA_BATCH = 2, 16
 MIN_SCALE = 1e-4  # floor of p0 (1 - p0) when converting the step to logit units (p0 may round to 1.0)
+
+
+@dataclass(frozen=True)
+class LatentShiftResult:
+    """What Latent Shift found for N rows: K counterfactual frames each, and how far to trust them.
+
+    Attributes
+    ----------
+    frames
+        (N, K, H, W) frames x'_λ in unit space [0, 1] at the classifier's input size, λ ascending (003 eq. 2).
+    lambdas
+        (N, K) the λ of each frame, from the lower to the upper bound of the search (003 §4.2).
+    frame_probabilities
+        (N, K) the classifier's probability of the row's target on each frame.
+    reconstruction_gap
+        (N,) f(x) - f(D(E(x))) (003 App. K): a large gap means the counterfactual cannot be trusted.
+    reconstruction
+        (N, H, W) D(E(x)) in unit space, the λ = 0 image the maps compare against.
+    upper_bound_reached, lower_bound_reached
+        (N,) bool: the search stopped at its threshold (not at a turn of the prediction or at the cap).
+    map_kind, direction
+        The map reduction (``max`` / ``mean`` / ``minmax`` / ``int``) and the shift direction (``logit`` /
+        ``sigmoid``) that produced these frames.
+    passes, search_passes
+        Decode+classify evaluations (one per image): all of them, and those of the λ search alone.
+    """
+
+    frames: torch.Tensor
+    lambdas: torch.Tensor
+    frame_probabilities: torch.Tensor
+    reconstruction_gap: torch.Tensor
+    reconstruction: torch.Tensor
+    upper_bound_reached: torch.Tensor
+    lower_bound_reached: torch.Tensor
+    map_kind: str
+    direction: str
+    passes: int
+    search_passes: int
+
+    def cpu(self) -> LatentShiftResult:
+        """The same result with every tensor detached and on the CPU (what :class:`ExplanationResult` holds)."""
+        tensors = {f.name: getattr(self, f.name).detach().cpu() for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **tensors)
+
+
+@dataclass
+class LatentShiftOutput(MethodOutput):
+    """:class:`MethodOutput` of Latent Shift: the 2-D map as ``heatmap``, the frames and their story as ``shift``."""
+
+    shift: LatentShiftResult
 
 
 def _resize(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -198,7 +251,7 @@ class LatentShift(Method):
                 searches.append((row, published_walk(p, fall, self.max_lambda, published_lambdas(fine))))
         return searches
 
-    def explain(self, ctx: ForwardContext) -> MethodOutput:
+    def explain(self, ctx: ForwardContext) -> LatentShiftOutput:
         if ctx.autoencoder is None:
             raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
         batch = self.batch_size or (CUDA_BATCH if ctx.x.device.type == "cuda" else CPU_BATCH)
@@ -234,17 +287,19 @@ class LatentShift(Method):
         lambdas = lambdas.float()
         x0 = x0.clamp(0, 1)
         target_p = ctx.probabilities.gather(1, ctx.targets[:, None])[:, 0]
-        return MethodOutput(
+        return LatentShiftOutput(
             heatmap=latent_map(frames, x0, self.map).float(),
-            extras={
-                "frames": frames,
-                "lambdas": lambdas.to(frames.device),
-                "frame_probabilities": probs.view(n, self.frames),
-                "reconstruction_gap": target_p - p0,  # 003 App. K: f(x) - f(D(E(x)))
-                "reconstruction": x0,
-                "upper_bound_reached": torch.tensor([b.reached for b in upper]),
-                "lower_bound_reached": torch.tensor([b.reached for b in lower]),
-                "passes": shifter.passes,
-                "search_passes": search_passes,
-            },
+            shift=LatentShiftResult(
+                frames=frames,
+                lambdas=lambdas.to(frames.device),
+                frame_probabilities=probs.view(n, self.frames),
+                reconstruction_gap=target_p - p0,  # 003 App. K: f(x) - f(D(E(x)))
+                reconstruction=x0,
+                upper_bound_reached=torch.tensor([b.reached for b in upper]),
+                lower_bound_reached=torch.tensor([b.reached for b in lower]),
+                map_kind=self.map,
+                direction=self.direction,
+                passes=shifter.passes,
+                search_passes=search_passes,
+            ),
         )

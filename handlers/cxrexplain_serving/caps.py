@@ -1,0 +1,151 @@
+"""Cost policy: the per-request caps, what a request costs, and how large its response can get.
+
+Every check here runs before any explanation: a request over a cap is answered 422 with what to ask for instead.
+The response-size cap matters beyond cost: a reply above TorchServe's ``max_response_size`` makes the frontend
+drop the worker's channel, and with it the whole batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cxrexplain.errors import CostCapExceeded
+
+from .options import JSON
+from .rows import RowState
+
+DTYPE_BYTES = {"float16": 2, "float32": 4}
+DEFAULT_FRAMES = 10  # K of the latent-shift method (DESIGN.md "Latent shift defaults")
+_JSON_OVERHEAD = 4 / 3  # base64 of every bytes field in the proto JSON mapping
+
+
+@dataclass(frozen=True)
+class CostCaps:
+    """Per-request limits, checked before any explanation runs.
+
+    ``max_work_units`` caps targets x sum over methods of the method's cost (one unit = one forward+backward:
+    ``frames``-dependent for latent shift, ``steps`` for integrated gradients). ``max_response_bytes`` caps the
+    encoded response (maps x resolution x dtype, frames, GIF, base64 for JSON) and must stay below TorchServe's
+    ``max_response_size``: a reply above it makes the frontend drop the worker's channel and the whole batch.
+    """
+
+    max_targets: int = 8
+    max_frames: int = 30
+    max_steps: int = 128
+    max_work_units: int = 512
+    max_response_bytes: int = 60 * 2**20
+    max_pixels: int = 50_000_000
+    max_request_bytes: int = 64 * 2**20
+    max_engine_batch: int = 32
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None,
+                     environ: Mapping[str, str] | None = None) -> CostCaps:
+        """Caps from a mapping (``serve.json``'s ``caps``), then ``CXREXPLAIN_<CAP>`` environment overrides."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged: dict[str, Any] = {}
+        for key, value in (values or {}).items():
+            if key not in names:
+                raise ValueError(f"unknown cost cap {key!r}; known: {', '.join(sorted(names))}")
+            merged[key] = value
+        for name in names:
+            env = (environ or {}).get(f"CXREXPLAIN_{name.upper()}")
+            if env:
+                merged[name] = env
+        caps: dict[str, int] = {}
+        for key, value in merged.items():
+            try:
+                caps[key] = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"cost cap {key} must be an integer, got {value!r}") from None
+            if caps[key] < 1:
+                raise ValueError(f"cost cap {key} must be positive, got {caps[key]}")
+        return cls(**caps)
+
+
+def frames(row: RowState) -> int:
+    """K, the latent-shift frames the row asks for (as its method instance names them, else the option)."""
+    method = row.instances.get("latent_shift")
+    for attr in ("frames", "k", "num_frames"):
+        value = getattr(method, attr, None) if method is not None else None
+        if isinstance(value, int):
+            return value
+    return row.options.frames or DEFAULT_FRAMES
+
+
+def steps(row: RowState) -> int | None:
+    """The integrated-gradients steps the row asks for, ``None`` without that method."""
+    method = row.instances.get("integrated_gradients")
+    if method is None:
+        return None
+    value = getattr(method, "steps", None)
+    return int(value) if isinstance(value, int) else row.options.steps
+
+
+def check_method_caps(row: RowState, caps: CostCaps) -> None:
+    """The caps one method's options can break (frames, steps): checked as soon as the methods are built."""
+    k = frames(row)
+    if "latent_shift" in row.methods and k > caps.max_frames:
+        raise CostCapExceeded(f"frames={k} is above the cap of {caps.max_frames}: ask for at most "
+                              f"{caps.max_frames} frames")
+    n = steps(row)
+    if n is not None and n > caps.max_steps:
+        raise CostCapExceeded(f"integrated_gradients steps={n} is above the cap of {caps.max_steps}: "
+                              f"ask for at most {caps.max_steps} steps")
+
+
+def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int) -> None:
+    """Targets, work units and response size of an explain row whose targets are known.
+
+    ``size`` is the model's input size (maps are ``size`` x ``size``), ``labels`` its number of labels.
+    """
+    n = len(row.targets)
+    if n > caps.max_targets:
+        raise CostCapExceeded(f"{n} targets is above the cap of {caps.max_targets} targets per request: "
+                              "name fewer targets or lower top_k")
+    per_target = sum(method_cost(row, m) for m in row.methods)
+    work = n * per_target
+    if work > caps.max_work_units:
+        raise CostCapExceeded(
+            f"the request costs {work} work units (targets {n} x methods {per_target}), above the cap of "
+            f"{caps.max_work_units}: ask for fewer targets, methods, frames or integration steps")
+    estimate = estimate_response_bytes(row, size, labels)
+    if estimate > caps.max_response_bytes:
+        raise CostCapExceeded(
+            f"the response would be about {estimate / 2**20:.1f} MiB, above the cap of "
+            f"{caps.max_response_bytes / 2**20:.1f} MiB: ask for fewer targets or frames, heatmap_dtype=float16 "
+            "or heatmap_format=png, no gif, or Accept: application/x-protobuf (JSON adds a third)")
+
+
+def method_cost(row: RowState, name: str) -> int:
+    """Work units of one method for one target: what it declares, at least its frames or steps."""
+    declared = int(row.instances[name].cost()) if name in row.instances else 1
+    if name == "latent_shift":  # the lambda search plus one decoded frame each: at least 2 per frame
+        return max(declared, 2 * frames(row))
+    if name == "integrated_gradients":
+        return max(declared, steps(row) or 1)
+    return max(declared, 1)
+
+
+def estimate_response_bytes(row: RowState, size: int, labels: int) -> int:
+    """Upper estimate of the encoded response of an explain row, from its options alone."""
+    opts = row.options
+    pixels = size**2
+    if opts.heatmap_format == "png":
+        per_map = 4 * pixels + 1024  # worst case: RGBA that does not compress
+    else:
+        per_map = DTYPE_BYTES[opts.heatmap_dtype] * pixels + 64
+    per_target = len(row.methods) * (per_map + 128)
+    if "latent_shift" in row.methods:
+        k = frames(row)
+        per_target += k * (per_map + 64)
+        if opts.gif:
+            per_target += int(k * pixels * 1.5) + 2048  # LZW can expand noise beyond 8 bits/pixel
+    total = 2048 + 96 * labels + len(row.targets) * per_target
+    if row.content_type == JSON:
+        total = int(math.ceil(total * _JSON_OVERHEAD)) + 1024
+    return total
