@@ -6,7 +6,7 @@ Models: torchvision DenseNet-121 (random weights, 14 labels, 3-channel ImageNet 
 ResNetAE-101 (random weights, torchxrayvision's 1-channel [-1024, 1024] space at 224 px); images cross between
 the two spaces through the bundle's adapters, as in production. One image, target label 1.
 
-(a) ``direction="sigmoid"`` (the paper's): the reference code's walk (``search="reference_walk"``), 003 App. C
+(a) ``direction="sigmoid"`` (the paper's): the reference code's walk (``search="reference_walk"``), [Cohen2021] App. C
     (``"app_c"``) and ours (``"fast"``; optionally our step-by-step walk ``"exhaustive"``: our stop rule, both
     sides, the same bounds as ``"fast"`` by construction), all with the cap |λ| <= 1000 and step 10:
     decode+classify passes (``result.latent_shift.passes`` / ``search_passes``) and time of the whole

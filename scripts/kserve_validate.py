@@ -1,7 +1,7 @@
 """Check KServe manifests against the models of the ``kserve`` Python SDK, offline (no cluster).
 
 Runs in its own venv (``pip install kserve==0.21.0``; the SDK's protobuf / grpcio pins conflict with the
-project's), see tests/test_deploy.py::kserve_python. Usage::
+project's), see tests/export/test_deploy.py::kserve_python. Usage::
 
     python scripts/kserve_validate.py deploy/kserve/serving-runtime.yaml deploy/kserve/inference-service.yaml
 

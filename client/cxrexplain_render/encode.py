@@ -142,7 +142,7 @@ def frames_to_gif(frames: Any, duration_ms: int = 100, loop: int | None = 0, bou
         0 repeats forever; None plays once.
     bounce
         Play forward then backward without repeating the end frames (K + K - 2 frames), as the latent-shift
-        videos of 003 do.
+        videos of [Cohen2021] do.
 
     Returns
     -------

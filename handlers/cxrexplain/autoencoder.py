@@ -1,4 +1,4 @@
-"""The ResNet autoencoder of Latent Shift (003 §4.1), with torchxrayvision's ``ResNetAE`` parameter layout.
+"""The ResNet autoencoder of Latent Shift ([Cohen2021] §4.1), with torchxrayvision's ``ResNetAE`` parameter layout.
 
 Module and parameter names follow ``torchxrayvision.autoencoders.ResNetAE`` (stem ``conv1/bn1/maxpool``, encoder
 ``layer1..4`` of bottleneck blocks, decoder ``uplayer1..4`` + ``uplayer_top`` of transposed-conv bottlenecks and a

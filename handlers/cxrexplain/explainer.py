@@ -66,7 +66,7 @@ class ExplanationResult:
 
     @property
     def reconstruction_gap(self) -> torch.Tensor | None:
-        """(N,) f(x) - f(D(E(x))) (003 App. K), or ``None``."""
+        """(N,) f(x) - f(D(E(x))) ([Cohen2021] App. K), or ``None``."""
         return None if self.latent_shift is None else self.latent_shift.reconstruction_gap
 
 

@@ -1,4 +1,4 @@
-"""The λ-range searches of Latent Shift (003 §4.2 and App. C), written as generators so the rows batch.
+"""The λ-range searches of Latent Shift ([Cohen2021] §4.2 and App. C), written as generators so the rows batch.
 
 A search is a generator that yields the λ it wants evaluated, receives the target probability of
 ``f(D(z + λ ∂f/∂z))`` at that λ, and returns a :class:`Bound`. :func:`run_searches` drives many of them (every
@@ -42,7 +42,7 @@ class StopRule:
     """Our stop rule for one side: ``sign`` -1 searches the lower bound (fall), +1 the upper bound (rise).
 
     ``threshold`` is the probability that counts as reached: ``p0 (1 - fall)`` below, ``p0 (1 + rise)`` above
-    (003 §4.2: "the prediction decreases by 30% and increases by 5%"); above p0 > 1 / (1 + rise) it cannot be
+    ([Cohen2021] §4.2: "the prediction decreases by 30% and increases by 5%"); above p0 > 1 / (1 + rise) it cannot be
     reached and the search ends where the prediction stops rising or at the cap.
     """
 
@@ -154,7 +154,7 @@ def fast_evaluations_bound(kmax: int) -> int:
 
 
 def published_lambdas(fine_start: bool, step: float = 10.0) -> Iterator[float]:
-    """λ = 0, -10, -20 ... (003 App. C) or 0, -1 ... -9, -10, -20 ... (the reference code's walk)."""
+    """λ = 0, -10, -20 ... ([Cohen2021] App. C) or 0, -1 ... -9, -10, -20 ... (the reference code's walk)."""
     lam = 0.0
     while True:
         yield lam

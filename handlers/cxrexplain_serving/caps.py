@@ -19,7 +19,7 @@ from .options import JSON
 from .rows import RowState
 
 DTYPE_BYTES = {"float16": 2, "float32": 4}
-DEFAULT_FRAMES = 10  # K of the latent-shift method (DESIGN.md "Latent shift defaults")
+DEFAULT_FRAMES = 10  # K of the latent-shift method ([Cohen2021]; README, Methods)
 _JSON_OVERHEAD = 4 / 3  # base64 of every bytes field in the proto JSON mapping
 
 

@@ -4,7 +4,8 @@
 
 AUROC per finding on a held-out split (a seed the training never saw), then, for every image and every finding
 present in it, each method's map against the planted box: IoU of the normalized map thresholded at
-T = 0.1 ... 0.5 (000, Table 2) and the best-case IoU of 003 §3.4 (top-p pixels, p = the finding's mask size).
+T = 0.1 ... 0.5 ([Nam2021] Table 2) and the best-case IoU of [Cohen2021] §3.4 (top-p pixels, p = the finding's
+mask size).
 Prints Markdown tables and writes JSON with ``--json``.
 """
 
@@ -26,8 +27,8 @@ from cxrexplain_lab import metrics
 from cxrexplain_lab.phantom import PhantomDataset
 
 METHODS = ("cam", "gradcam", "lrp", "rap", "saliency", "guided_backprop", "integrated_gradients", "latent_shift")
-# Gradient signs say which way a pixel pushes, not whether it matters: 003 takes |map| for them. For CAM, LRP and
-# RAP negative means evidence against (RAP: irrelevant), so their positive part is the explanation's region.
+# Gradient signs say which way a pixel pushes, not whether it matters: [Cohen2021] takes |map| for them. For CAM,
+# LRP and RAP negative means evidence against (RAP: irrelevant), so their positive part is the explanation's region.
 ABSOLUTE = frozenset({"saliency", "guided_backprop", "integrated_gradients", "latent_shift"})
 HELD_OUT_SEED = 90_210  # training draws from seed*2+1000 and validation from seed*2+1001 (cxrexplain_lab.train)
 

@@ -1,11 +1,11 @@
-"""Cost-sensitive multi-label losses of paper 002 (Khakzar, Li et al.), eqs. 1-2.
+"""Cost-sensitive multi-label losses of [Khakzar2022], eqs. 1-2.
 
-Every loss is the weighted binary cross-entropy of 002 eq. 1, applied per class m (index omitted in the
+Every loss is the weighted binary cross-entropy of [Khakzar2022] eq. 1, applied per class m (index omitted in the
 paper):
 
     L = - sum_i [ w+_i y_i log p_i + w-_i (1 - y_i) log(1 - p_i) ]
 
-with the weights of 002 eq. 2:
+with the weights of [Khakzar2022] eq. 2:
 
 * BCE:      w+ = w- = 1
 * WBCE:     w+ = N- / (N+ + N-),  w- = N+ / (N+ + N-)
@@ -41,7 +41,7 @@ def _reduce(loss: torch.Tensor, reduction: Reduction) -> torch.Tensor:
 
 
 class WeightedBCE(nn.Module):
-    """002 eq. 1 with per-sample, per-class weights ``w+`` and ``w-`` given by :meth:`weights`.
+    """[Khakzar2022] eq. 1 with per-sample, per-class weights ``w+`` and ``w-`` given by :meth:`weights`.
 
     Subclasses override :meth:`weights`; this class alone is plain BCE (w+ = w- = 1). Inputs are logits; the
     log-probabilities come from ``logsigmoid`` so large logits do not overflow.
@@ -53,7 +53,7 @@ class WeightedBCE(nn.Module):
 
     def weights(self, p: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """(w+, w-) for probabilities ``p``; broadcastable to ``p``."""
-        return 1.0, 1.0  # BCE, 002 eq. 2
+        return 1.0, 1.0  # BCE, [Khakzar2022] eq. 2
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.shape != targets.shape:
@@ -61,12 +61,12 @@ class WeightedBCE(nn.Module):
         targets = targets.to(logits.dtype)
         w_pos, w_neg = self.weights(torch.sigmoid(logits))
         log_p, log_1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
-        loss = -(w_pos * targets * log_p + w_neg * (1.0 - targets) * log_1mp)  # 002 eq. 1
+        loss = -(w_pos * targets * log_p + w_neg * (1.0 - targets) * log_1mp)  # [Khakzar2022] eq. 1
         return _reduce(loss, self.reduction)
 
 
 class BCE(WeightedBCE):
-    """Binary cross-entropy: w+ = w- = 1 (002 eq. 2)."""
+    """Binary cross-entropy: w+ = w- = 1 ([Khakzar2022] eq. 2)."""
 
 
 class _CountWeighted(WeightedBCE):
@@ -87,15 +87,15 @@ class _CountWeighted(WeightedBCE):
 
 
 class WBCE(_CountWeighted):
-    """Weighted BCE: w+ = N- / (N+ + N-), w- = N+ / (N+ + N-) (002 eq. 2)."""
+    """Weighted BCE: w+ = N- / (N+ + N-), w- = N+ / (N+ + N-) ([Khakzar2022] eq. 2)."""
 
     def weights(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         total = self.n_pos + self.n_neg
-        return (self.n_neg / total).to(p.dtype), (self.n_pos / total).to(p.dtype)  # 002 eq. 2, WBCE
+        return (self.n_neg / total).to(p.dtype), (self.n_pos / total).to(p.dtype)  # [Khakzar2022] eq. 2, WBCE
 
 
 class Focal(WeightedBCE):
-    """Focal loss: w+ = alpha (1 - p)^gamma, w- = (1 - alpha) p^gamma (002 eq. 2; Lin et al.)."""
+    """Focal loss: w+ = alpha (1 - p)^gamma, w- = (1 - alpha) p^gamma ([Khakzar2022] eq. 2; Lin et al.)."""
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: Reduction = "mean"):
         super().__init__(reduction)
@@ -106,12 +106,12 @@ class Focal(WeightedBCE):
         self.alpha, self.gamma = float(alpha), float(gamma)
 
     def weights(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.alpha * (1.0 - p) ** self.gamma, (1.0 - self.alpha) * p**self.gamma  # 002 eq. 2, Focal
+        return self.alpha * (1.0 - p) ** self.gamma, (1.0 - self.alpha) * p**self.gamma  # [Khakzar2022] eq. 2, Focal
 
 
 class CBFocal(_CountWeighted):
     """Class-balanced focal loss: w+ = (1 - beta) / (1 - beta^N+) (1 - p)^gamma, and likewise for w- with N-
-    (002 eq. 2; Cui et al.: the inverse effective number of samples)."""
+    ([Khakzar2022] eq. 2; Cui et al.: the inverse effective number of samples)."""
 
     cb_pos: torch.Tensor
     cb_neg: torch.Tensor
@@ -133,7 +133,7 @@ class CBFocal(_CountWeighted):
         return torch.where(n > 0, (1.0 - self.beta) / denom.clamp_min(1e-300), torch.zeros_like(n))
 
     def weights(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w_pos = self.cb_pos.to(p.dtype) * (1.0 - p) ** self.gamma  # 002 eq. 2, CB-Focal
+        w_pos = self.cb_pos.to(p.dtype) * (1.0 - p) ** self.gamma  # [Khakzar2022] eq. 2, CB-Focal
         w_neg = self.cb_neg.to(p.dtype) * p**self.gamma
         return w_pos, w_neg
 
@@ -148,7 +148,7 @@ def label_counts(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_loss(name: str, label_frequencies: torch.Tensor | None = None, **params: object) -> nn.Module:
-    """A loss of 002 eq. 2 by name.
+    """A loss of [Khakzar2022] eq. 2 by name.
 
     Parameters
     ----------
@@ -159,7 +159,7 @@ def make_loss(name: str, label_frequencies: torch.Tensor | None = None, **params
         positive fractions together with ``num_samples`` (N).
     **params
         ``alpha``, ``gamma`` (focal), ``beta``, ``gamma`` (cb_focal), ``num_samples``, ``reduction``.
-        Defaults are 002's: alpha 0.25, gamma 2, beta 0.9999.
+        Defaults are [Khakzar2022]'s: alpha 0.25, gamma 2, beta 0.9999.
 
     Returns
     -------

@@ -2,7 +2,7 @@
 
 Heatmaps leave the engine raw and signed; the IoU uses the display normalization of
 :func:`cxrexplain_render.normalize_for_display`, written down once: negatives are
-cast to zero, then each map is divided by its maximum (000 §4, "Negative attributions are cast as zero ...
+cast to zero, then each map is divided by its maximum ([Nam2021] §4, "Negative attributions are cast as zero ...
 heatmaps ... normalized in {0 ~ 1}"). Every function takes numpy arrays or torch tensors and returns numpy.
 """
 
@@ -18,7 +18,7 @@ from cxrexplain_render import normalize_for_display
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive: region [y0:y1, x0:x1]
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
-IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # 000 Table 2
+IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # [Nam2021] Table 2
 
 
 def _np(a: ArrayLike, dtype: Any = np.float64) -> np.ndarray:
@@ -45,7 +45,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def iou_at_threshold(heatmap: ArrayLike, box: Box | ArrayLike, threshold: float) -> float:
-    """IoU between the thresholded heatmap and a lesion box (000 §4, Table 2).
+    """IoU between the thresholded heatmap and a lesion box ([Nam2021] §4, Table 2).
 
     The map is normalized (:func:`normalize_for_display`); pixels below ``threshold`` are cast to zero and the
     remaining positive pixels (value >= T and > 0) form the explanation's region, compared with the box.
@@ -78,7 +78,7 @@ def _region(box: Box | ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
 def iou_table(
     heatmaps: ArrayLike, boxes: Sequence[Box | ArrayLike], thresholds: Sequence[float] = IOU_THRESHOLDS
 ) -> np.ndarray:
-    """IoU of each map with its box at each threshold: (N, len(thresholds)); average over rows for 000 Table 2.
+    """IoU of each map with its box at each threshold: (N, len(thresholds)); average over rows for [Nam2021] Table 2.
 
     Parameters
     ----------
@@ -87,7 +87,7 @@ def iou_table(
     boxes
         N boxes (or boolean regions), one per map.
     thresholds
-        T values, default 0.1 ... 0.5 as in 000 Table 2.
+        T values, default 0.1 ... 0.5 as in [Nam2021] Table 2.
     """
     norm = normalize_for_display(heatmaps)
     if norm.ndim != 3 or norm.shape[0] != len(boxes):
@@ -99,9 +99,9 @@ def iou_table(
 
 
 def best_case_iou(heatmap: ArrayLike, mask: ArrayLike) -> float:
-    """Best-case IoU of 003 §3.4: binarize the map at its top-p pixels, p = the number of mask pixels.
+    """Best-case IoU of [Cohen2021] §3.4: binarize the map at its top-p pixels, p = the number of mask pixels.
 
-    The map is used as given (003 takes absolute values of signed maps first; do that before calling when
+    The map is used as given ([Cohen2021] takes absolute values of signed maps first; do that before calling when
     comparing with latent-shift maps). Ties at the cut are broken by pixel order so exactly p pixels are kept.
     """
     h = _np(heatmap)
@@ -209,5 +209,5 @@ def youden_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
 
 
 def iou_summary(table: np.ndarray, thresholds: Sequence[float] = IOU_THRESHOLDS) -> Mapping[float, float]:
-    """Mean IoU per threshold of an :func:`iou_table`: the numbers of one column of 000 Table 2."""
+    """Mean IoU per threshold of an :func:`iou_table`: the numbers of one column of [Nam2021] Table 2."""
     return {float(t): float(v) for t, v in zip(thresholds, np.asarray(table).mean(axis=0), strict=True)}

@@ -1,4 +1,4 @@
-"""Training the demo models on the phantom set: one classifier loop (002's losses), one autoencoder loop.
+"""Training the demo models on the phantom set: one classifier loop ([Khakzar2022]'s losses), one autoencoder loop.
 
 Both loops take unit-space gray batches (N, 1, H, W) in [0, 1] from a data set and map them into the model's
 input space with ``input_spec.from_unit``, so the same code trains a unit-space demo model or a model with
@@ -141,9 +141,9 @@ def train_classifier(
     cache: bool = True,
     labels: list[str] | None = None,
 ) -> TrainReport:
-    """Train a multi-label classifier in place with a loss of 002 eq. 2.
+    """Train a multi-label classifier in place with a loss of [Khakzar2022] eq. 2.
 
-    Adam with weight decay and a cosine-annealed learning rate, as in 002 §4 (there: lr 4e-4, decay 1e-6).
+    Adam with weight decay and a cosine-annealed learning rate, as in [Khakzar2022] §4 (there: lr 4e-4, decay 1e-6).
 
     Parameters
     ----------
@@ -226,7 +226,7 @@ def train_autoencoder(
 ) -> TrainReport:
     """Train an autoencoder (``encode``/``decode``) in place on reconstruction in its own input space.
 
-    ``loss`` is ``"l1"`` (mean absolute error, as the 003 autoencoders report) or ``"mse"``. With a validation
+    ``loss`` is ``"l1"`` (mean absolute error, as the [Cohen2021] autoencoders report) or ``"mse"``. With a validation
     set, the report holds the reconstruction MAE in unit space per epoch (``val_history``) and at the end.
     Other parameters as in :func:`train_classifier`.
     """

@@ -1,7 +1,7 @@
-"""Latent Shift (Cohen et al., 003): counterfactual frames from an autoencoder, and a 2-D map of what changed.
+"""Latent Shift ([Cohen2021]): counterfactual frames from an autoencoder, and a 2-D map of what changed.
 
-For each row: z = E(x); the direction is ∂f(D(z))/∂z (003 eq. 1, f the target's logit by default or its
-probability as in the paper); the λ range is searched (003 §4.2, :mod:`cxrexplain.lambda_search`); K frames
+For each row: z = E(x); the direction is ∂f(D(z))/∂z ([Cohen2021] eq. 1, f the target's logit by default or its
+probability as in the paper); the λ range is searched ([Cohen2021] §4.2, :mod:`cxrexplain.lambda_search`); K frames
 x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between the bounds; the map reduces them
 (App. B). Classifier and autoencoder may live in different input spaces: images cross through unit space
 (``InputSpec.to_unit`` / ``from_unit``, resized when the sizes differ), differentiably.
@@ -35,7 +35,8 @@ from .base import ForwardContext, Method, MethodOutput, register
 DIRECTIONS = ("logit", "sigmoid")
 MAPS = ("max", "mean", "minmax", "int")
 SEARCHES = ("fast", "exhaustive", "app_c", "reference_walk")
-# Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (DESIGN.md); GPUs want more.
+# Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (BENCHMARKS.md, latent
+# shift); GPUs want more.
 CPU_BATCH, CUDA_BATCH = 2, 16
 MIN_SCALE = 1e-4  # floor of p0 (1 - p0) when converting the step to logit units (p0 may round to 1.0)
 
@@ -47,13 +48,13 @@ class LatentShiftResult:
     Attributes
     ----------
     frames
-        (N, K, H, W) frames x'_λ in unit space [0, 1] at the classifier's input size, λ ascending (003 eq. 2).
+        (N, K, H, W) frames x'_λ in unit space [0, 1] at the classifier's input size, λ ascending ([Cohen2021] eq. 2).
     lambdas
-        (N, K) the λ of each frame, from the lower to the upper bound of the search (003 §4.2).
+        (N, K) the λ of each frame, from the lower to the upper bound of the search ([Cohen2021] §4.2).
     frame_probabilities
         (N, K) the classifier's probability of the row's target on each frame.
     reconstruction_gap
-        (N,) f(x) - f(D(E(x))) (003 App. K): a large gap means the counterfactual cannot be trusted.
+        (N,) f(x) - f(D(E(x))) ([Cohen2021] App. K): a large gap means the counterfactual cannot be trusted.
     reconstruction
         (N, H, W) D(E(x)) in unit space, the λ = 0 image the maps compare against.
     upper_bound_reached, lower_bound_reached
@@ -176,7 +177,7 @@ def frame_lambdas(lower: float, upper: float, frames: int) -> torch.Tensor:
 
 
 def latent_map(frames: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tensor:
-    """Reduce (N, K, H, W) frames (λ ascending) to (N, H, W) maps (003 App. B); ``x0`` is D(E(x)), λ = 0."""
+    """Reduce (N, K, H, W) frames (λ ascending) to (N, H, W) maps ([Cohen2021] App. B); ``x0`` is D(E(x)), λ = 0."""
     if kind == "max":  # latentshift-max: per pixel, the largest change from the λ = 0 reconstruction
         return (frames - x0[:, None]).abs().amax(dim=1)
     if kind == "mean":  # mean |x_λ - x_0|, as the reference code computes it (the paper's text averages x_λ)
@@ -190,7 +191,7 @@ def latent_map(frames: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tenso
 
 @register
 class LatentShift(Method):
-    """Latent Shift counterfactual frames and map (003 eqs. 1-2, §4.2, App. B/C/K).
+    """Latent Shift counterfactual frames and map ([Cohen2021] eqs. 1-2, §4.2, App. B/C/K).
 
     Options: ``frames`` (K, default 10); ``direction`` (``logit`` default, ``sigmoid`` as in the paper);
     ``map`` (``max``, ``mean``, ``minmax``, ``int``); ``search`` (``fast`` default, ``exhaustive``, ``app_c``,
@@ -293,7 +294,7 @@ class LatentShift(Method):
                 frames=frames,
                 lambdas=lambdas.to(frames.device),
                 frame_probabilities=probs.view(n, self.frames),
-                reconstruction_gap=target_p - p0,  # 003 App. K: f(x) - f(D(E(x)))
+                reconstruction_gap=target_p - p0,  # [Cohen2021] App. K: f(x) - f(D(E(x)))
                 reconstruction=x0,
                 upper_bound_reached=torch.tensor([b.reached for b in upper]),
                 lower_bound_reached=torch.tensor([b.reached for b in lower]),

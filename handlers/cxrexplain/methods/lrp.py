@@ -1,4 +1,4 @@
-"""LRP-alpha-beta (Bach et al. 2015; 000 §2 eq. 2) on the propagation rule engine."""
+"""LRP-alpha-beta (Bach et al. 2015; [Nam2021] §2 eq. 2) on the propagation rule engine."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .base import Captures, ForwardContext, Method, MethodOutput, register
 
 
 class AlphaBeta:
-    """000 eq. 2: ``R_i = sum_j (alpha z_ij^+ / sum_i z_ij^+ - beta z_ij^- / sum_i z_ij^-) R_j``.
+    """[Nam2021] eq. 2: ``R_i = sum_j (alpha z_ij^+ / sum_i z_ij^+ - beta z_ij^- / sum_i z_ij^-) R_j``.
 
     ``z_ij = x_i w_ij`` without bias, split by the sign of the product. Applied to every affine node: convs,
     linear layers, merged conv + BatchNorm, and BatchNorms that cannot be merged (DenseNet's, after a
@@ -53,12 +53,12 @@ def lrp_rules(alpha: float = 1.0, beta: float = 0.0) -> dict[str, Rule]:
 
 @register
 class LRP(Method):
-    """Layer-wise relevance propagation, alpha-beta rule (000 eq. 2; default alpha = 1, beta = 0 as in 000).
+    """Layer-wise relevance propagation, alpha-beta rule ([Nam2021] eq. 2; default alpha = 1, beta = 0 as in [Nam2021]).
 
-    Relevance starts as the target's logit f(x) (before the sigmoid, 000 §2) at the target unit, zero
+    Relevance starts as the target's logit f(x) (before the sigmoid, [Nam2021] §2) at the target unit, zero
     elsewhere, and is propagated back to the input pixels over the shared forward pass's activations: about
     two extra forward-equivalents (one positive-weight forward and one transposed pass per layer). Biases are
-    not part of ``z``, so on a bias-free network the input relevance sums to f(x) (000 eq. 1). Output: input
+    not part of ``z``, so on a bias-free network the input relevance sums to f(x) ([Nam2021] eq. 1). Output: input
     relevance summed over channels, signed. Options: ``alpha``, ``beta`` (non-negative, ``alpha - beta = 1``).
     """
 
@@ -76,7 +76,7 @@ class LRP(Method):
             )
         if abs(self.alpha - self.beta - 1.0) > 1e-9:
             raise InvalidOption(
-                f"lrp: alpha - beta must equal 1 to conserve relevance (000 eq. 2), got alpha={self.alpha}, "
+                f"lrp: alpha - beta must equal 1 to conserve relevance ([Nam2021] eq. 2), got alpha={self.alpha}, "
                 f"beta={self.beta}; for example alpha=1, beta=0 or alpha=2, beta=1"
             )
 

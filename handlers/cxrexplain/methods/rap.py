@@ -1,6 +1,6 @@
-"""Relative attributing propagation (Nam et al., AAAI 2020; 000 §2 eqs. 3-6) on the propagation rule engine.
+"""Relative attributing propagation (Nam et al., AAAI 2020; [Nam2021] §2 eqs. 3-6) on the propagation rule engine.
 
-Reading of 000's equations (the extracted text has index typos: ``sum_i z_ij`` is the sum over the inputs
+Reading of [Nam2021]'s equations (the extracted text has index typos: ``sum_i z_ij`` is the sum over the inputs
 i of neuron j, the outer sums run over the neurons j of the layer above). ``z_ij = x_i w_ij`` without bias,
 ``z_ij^+`` / ``z_ij^-`` its positive / negative part (sign of the product).
 
@@ -39,7 +39,7 @@ from .base import Captures, ForwardContext, Method, MethodOutput, register
 
 
 def influence_normalization(site: Site, relevance: torch.Tensor) -> list[torch.Tensor]:
-    """000 eqs. 3-4 at the output layer; ``relevance`` is the target indicator."""
+    """[Nam2021] eqs. 3-4 at the output layer; ``relevance`` is the target indicator."""
     x = site.inputs[0]
     contribution = x * site.layer.transpose(relevance, x)  # eq. 3: R_i = z_ij for the target j
     # eq. 4: R'_i = |R_i| * sum_i R_i / sum_i |R_i|
@@ -48,7 +48,7 @@ def influence_normalization(site: Site, relevance: torch.Tensor) -> list[torch.T
 
 
 def relative_attribution(site: Site, relevance: torch.Tensor) -> list[torch.Tensor]:
-    """000 eqs. 5-6 at every other affine node."""
+    """[Nam2021] eqs. 5-6 at every other affine node."""
     layer = site.layer
     x = site.inputs[0]
     active = x != 0
@@ -87,7 +87,7 @@ RAP_RULES: dict[str, Rule] = {
 
 @register
 class RAP(Method):
-    """Relative attributing propagation: bi-polar relevance by relative influence (000 eqs. 3-6).
+    """Relative attributing propagation: bi-polar relevance by relative influence ([Nam2021] eqs. 3-6).
 
     The first step (output layer) gives each penultimate neuron its actual contribution to the target logit
     and re-signs it by influence (eqs. 3-4); every later affine layer splits relevance through positive and

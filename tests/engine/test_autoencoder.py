@@ -65,7 +65,7 @@ def test_xrv_weights_give_identical_outputs(xrv_pair: tuple[nn.Module, ResNetAE]
 
 
 def test_resnet_ae101_bottleneck_is_the_papers() -> None:
-    # 003 §4.1: "a ResNet101 with a bottleneck size of 4608" (512 x 3 x 3 at 224 px).
+    # [Cohen2021] §4.1: "a ResNet101 with a bottleneck size of 4608" (512 x 3 x 3 at 224 px).
     assert reconstructed_size(224) == 224
     assert [s for s in range(16, 400, 16) if reconstructed_size(s) == s] == [32, 128, 224, 320]
     assert autoencoder_spec("resnet_ae101") == XRV

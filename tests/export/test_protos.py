@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DIR = ROOT / "client"
 if importlib.util.find_spec("cxrexplain_client") is None:  # not installed: use the source tree
     sys.path.insert(0, str(CLIENT_DIR))

@@ -11,7 +11,7 @@ def random_classifier(name: str, seed: int = 0, num_classes: int = 3, bias_free:
     """A torchvision architecture with seeded random weights and BatchNorm statistics that are not identity.
 
     ``bias_free`` zeroes every bias and BatchNorm shift (running mean and beta), so that f(x) is a sum of
-    ``x_i w_ij`` terms and relevance conservation (000 eq. 1) must hold exactly.
+    ``x_i w_ij`` terms and relevance conservation ([Nam2021] eq. 1) must hold exactly.
     """
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(num_classes=num_classes)

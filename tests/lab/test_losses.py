@@ -1,4 +1,4 @@
-"""The losses of 002 eq. 2, re-derived by hand in float64 on a tiny batch."""
+"""The losses of [Khakzar2022] eq. 2, re-derived by hand in float64 on a tiny batch."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ TARGETS = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch
 
 
 def _by_hand(w_pos, w_neg) -> float:
-    """002 eq. 1 summed element by element in plain Python, averaged over the N x M entries."""
+    """[Khakzar2022] eq. 1 summed element by element in plain Python, averaged over the N x M entries."""
     total, count = 0.0, 0
     for i in range(LOGITS.shape[0]):
         for m in range(LOGITS.shape[1]):

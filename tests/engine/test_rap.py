@@ -1,6 +1,6 @@
-"""RAP (000 eqs. 3-6) on the rule engine: matrix re-derivation, conservation, bi-polarity, integration.
+"""RAP ([Nam2021] eqs. 3-6) on the rule engine: matrix re-derivation, conservation, bi-polarity, integration.
 
-Reading of 000's equations used here (the extracted text has index typos; sums over i run over the inputs of
+Reading of [Nam2021]'s equations used here (the extracted text has index typos; sums over i run over the inputs of
 neuron j, outer sums over the neurons j of the layer above). For one sample, Z[j, i] = w_ij a_i, Z+ / Z- its
 positive / negative parts, P_j = sum_i Z+[j, i], N_j = sum_i Z-[j, i]:
   eq. 3 (output layer, target t):   R_i = Z[t, i]                     (the actual contribution to f_t)

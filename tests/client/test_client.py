@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if importlib.util.find_spec("cxrexplain_client") is None:  # not installed: use the source tree
     sys.path.insert(0, str(ROOT / "client"))
 

@@ -1,4 +1,4 @@
-"""LRP-alpha-beta (000 eq. 2) on the rule engine: matrix re-derivation, conservation, zennit 0.5.1 parity,
+"""LRP-alpha-beta ([Nam2021] eq. 2) on the rule engine: matrix re-derivation, conservation, zennit 0.5.1 parity,
 integration with the Explainer, no leaked state, clear errors."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ torch.set_num_threads(1)
 
 
 def lrp_by_matrices(weights: list[torch.Tensor], x: torch.Tensor, target: int, alpha: float, beta: float):
-    """000 eq. 2 written out for one sample of a bias-free ReLU MLP: Z[j, i] = w_ij a_i,
+    """[Nam2021] eq. 2 written out for one sample of a bias-free ReLU MLP: Z[j, i] = w_ij a_i,
     R_i = sum_j (alpha Z+[j, i] / sum_i Z+[j, i] - beta Z-[j, i] / sum_i Z-[j, i]) R_j (0/0 read as 0)."""
     acts = [x]
     for w in weights[:-1]:
@@ -110,7 +110,7 @@ def _zennit_composite(canonizers):
     def nudge(z):
         return z.masked_fill(z == 0, EPS)
 
-    # zero_params="bias": zennit adds biases to z+ unless told; 000 eq. 2 (and our engine) has no bias term.
+    # zero_params="bias": zennit adds biases to z+ unless told; [Nam2021] eq. 2 (and our engine) has no bias term.
     alpha_beta = AlphaBeta(alpha=1.0, beta=0.0, stabilizer=clamp, zero_params="bias")
     layer_map = [(Convolution, alpha_beta), (Linear, alpha_beta), (AvgPool, Norm(stabilizer=nudge)),
                  (Sum, Norm(stabilizer=nudge))]
@@ -220,7 +220,7 @@ def test_matches_zennit_on_densenet_in_float64():
 
 @pytest.mark.parametrize("name", ["densenet121", "resnet50", "vgg16"])
 def test_conservation_on_bias_free_architectures(name):
-    """000 eq. 1: with biases and BN shifts zeroed, the input relevance sums to the target logit."""
+    """[Nam2021] eq. 1: with biases and BN shifts zeroed, the input relevance sums to the target logit."""
     model = random_classifier(name, bias_free=True)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     targets = [1, 2]

@@ -15,7 +15,7 @@ from cxrexplain.spec import unit_spec
 from export import archive, cli
 from export.recipe import RecipeError, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

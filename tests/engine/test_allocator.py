@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
+HANDLERS = Path(__file__).resolve().parents[2] / "handlers"
 
 # Three rounds of 1..16 MiB tensors written then freed (136 MiB live at the peak, like a propagation pass);
 # prints the minor page faults of the last round.

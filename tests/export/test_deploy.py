@@ -26,7 +26,7 @@ import yaml
 from export.kserve_layout import LayoutError, kserve_properties, main, write_layout
 from export.launcher import read_properties
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 RUNTIME = DEPLOY / "kserve" / "serving-runtime.yaml"
 ISVC = DEPLOY / "kserve" / "inference-service.yaml"

@@ -102,7 +102,7 @@ def test_t_densenet_feature_maps_are_28x28_at_224():
     bundle = ClassifierBundle(module=build_classifier("t-densenet", 14), labels=list(NIH_LABELS))
     head = bundle.traced.cam_head()
     logits, kept = bundle.traced.run(torch.randn(1, 3, 224, 224), (head.feature_node,))
-    assert kept[head.feature_node].shape == (1, 512, 28, 28)  # 002 §3: last feature maps 28x28
+    assert kept[head.feature_node].shape == (1, 512, 28, 28)  # [Khakzar2022] §3: last feature maps 28x28
     assert head.linear.in_features == 512 and logits.shape == (1, 14)
     # Blocks 3-4 and transitions 2-3 are gone.
     names = {n for n, _ in bundle.module.features.named_children()}

@@ -1,14 +1,14 @@
-"""Cascading randomization sanity check (Adebayo et al. 2018, as replicated in 003 §4.5 and App. H).
+"""Cascading randomization sanity check (Adebayo et al. 2018, as replicated in [Cohen2021] §4.5 and App. H).
 
 The trained phantom classifier (``densenet_small``, 64 px) is re-initialized block by block from the output
 backwards; after each step every method explains the same held-out phantoms again, and the Spearman rank
-correlation between the absolute value of each new map and of the original is averaged over the images (003
+correlation between the absolute value of each new map and of the original is averaged over the images ([Cohen2021]
 App. H takes absolute values of all maps because latent-shift maps are absolute by construction).
 
 Asserted: CAM, Grad-CAM, saliency, integrated gradients and latent shift decorrelate (the correlation after
 randomizing everything is below the one after randomizing only the classifier, or that one is already below
 0.3; and below 0.9 from the last dense block on). LRP, RAP and guided backprop are not asserted here:
-modified-backprop rules are known to be weakly sensitive to the parameters (Adebayo et al.; 003 Fig. 5 shows
+modified-backprop rules are known to be weakly sensitive to the parameters (Adebayo et al.; [Cohen2021] Fig. 5 shows
 it for guided backprop), so there is no property of theirs to hold them to.
 """
 

@@ -31,7 +31,7 @@ from cxrexplain.spec import unit_spec
 from cxrexplain_serving.responses import decode
 from cxrexplain_serving.telemetry import ALL_METRICS, metrics_yaml_section
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METRICS_YAML = ROOT / "model_store" / "metrics.yaml"
 LABELS = ["Cardiomegaly", "Nodule", "Mass", "Effusion", "Pneumothorax"]
 SIZE = 64

@@ -1,4 +1,4 @@
-"""Latent Shift (003): the λ searches, frames, maps, reconstruction gap and the input-space adapter.
+"""Latent Shift ([Cohen2021]): the λ searches, frames, maps, reconstruction gap and the input-space adapter.
 
 Most tests run on hand-made models whose prediction along the shift is known in closed form:
 ``PoolAE`` (E = 4x4 average pooling, D = nearest upsampling: linear) and ``BoxScore`` (the logit is a fixed
@@ -6,8 +6,8 @@ function of the mean brightness m inside a box). With z' = z + λ ∂f/∂z, m m
 ``g(m0 + λ κ)`` for a known κ and the bounds can be computed by hand. The confident-model test uses the
 phantom-trained fixtures from conftest.
 
-Searches used, by name (DESIGN.md "Reference searches"): ``fast`` and ``exhaustive`` (our stop rule: fall 30 %,
-rise 5 % of p0, on the grid k * step); ``app_c`` (003 App. C as published) and ``reference_walk``
+Searches used, by name (README, "Latent shift direction"): ``fast`` and ``exhaustive`` (our stop rule: fall 30 %,
+rise 5 % of p0, on the grid k * step); ``app_c`` ([Cohen2021] App. C as published) and ``reference_walk``
 (mlmed/gifsplanation's walk), each checked against a plain loop written here from the published rules.
 """
 
@@ -88,7 +88,7 @@ def shift(ex: Explainer, x: torch.Tensor, **options: object) -> ExplanationResul
 
 
 def curve(clf: nn.Module, ae: nn.Module, x: torch.Tensor, direction: str) -> Callable[[float], float]:
-    """Independent re-implementation of p(λ) = σ(f(D(z + λ ∂f/∂z))) for one image (003 eqs. 1-2)."""
+    """Independent re-implementation of p(λ) = σ(f(D(z + λ ∂f/∂z))) for one image ([Cohen2021] eqs. 1-2)."""
     z = ae.encode(x).detach().requires_grad_(True)
     logit = clf(ae.decode(z))[0, 0]
     f = logit if direction == "logit" else torch.sigmoid(logit)
@@ -112,7 +112,7 @@ def test_linear_bounds_match_closed_form() -> None:
     m0 = x[:, :, BOX[0]:BOX[1], BOX[0]:BOX[1]].mean(dim=(1, 2, 3)).double()  # box is cell-aligned: D(E(x)) keeps m
     p0 = torch.sigmoid(s * (m0 - c))
     slope = s * s / CELLS
-    lam_low = (torch.logit(0.7 * p0) - s * (m0 - c)) / slope  # 30 % fall (003 §4.2)
+    lam_low = (torch.logit(0.7 * p0) - s * (m0 - c)) / slope  # 30 % fall ([Cohen2021] §4.2)
     lam_high = (torch.logit(1.05 * p0) - s * (m0 - c)) / slope  # 5 % rise
     step = step * p0 * (1 - p0)  # ``step`` is in the paper's sigmoid units: in logit units it is p0 (1 - p0) times
     expected_low = -torch.ceil(-lam_low / step - 1e-6) * step  # first grid point past the crossing
@@ -228,7 +228,8 @@ def test_fast_search_stays_within_its_evaluation_bound(kmax: int) -> None:
 
 
 def app_c_as_published(p: Callable[[float], float], cap: float = 1000.0) -> float:
-    """003 App. C, plain loop: from 0 in steps of -10; stop on a rise, a fall of more than 0.5, or λ <= -1000."""
+    """[Cohen2021] App. C, plain loop: from 0 in steps of -10; stop on a rise, a fall of more than 0.5, or
+    λ <= -1000."""
     initial = last = p(0.0)
     lam = 0.0
     while True:
@@ -342,7 +343,7 @@ def test_the_result_is_typed_and_the_flat_fields_read_it() -> None:
 
 
 def test_reconstruction_gap_is_f_x_minus_f_dex() -> None:
-    # 003 App. K. A box that is not cell-aligned so D(E(x)) changes the box mean.
+    # [Cohen2021] App. K. A box that is not cell-aligned so D(E(x)) changes the box mean.
     clf, ae = BoxScore("linear", 6.0, 0.4), PoolAE()
     clf_shifted = nn.Sequential(nn.ZeroPad2d((2, -2, 2, -2)), clf)  # samples the box off the 4x4 grid
     torch.manual_seed(3)
@@ -456,7 +457,7 @@ def test_confident_model_frames_remove_the_finding(phantom_classifier, phantom_a
     p0 = res.probabilities[torch.arange(len(t)), t] - res.reconstruction_gap  # f(D(E(x)))
     reached = res.latent_shift.lower_bound_reached
     assert reached.float().mean() >= 0.5
-    # Where the fall was reached, the lowest frame removes at least 30 % of p0 (003 §4.2).
+    # Where the fall was reached, the lowest frame removes at least 30 % of p0 ([Cohen2021] §4.2).
     assert (res.frame_probabilities[reached, 0] <= 0.7 * p0[reached] + 1e-6).all()
     heat = res.heatmaps["latent_shift"]
     ratios = []
