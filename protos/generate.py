@@ -195,7 +195,7 @@ def generate(
     ----------
     handler_out, client_out, engine_out
         Target folders (the committed locations by default; tests pass temporary folders). The engine gets
-        only ``options_schema.py``.
+        only ``options_schema.py``, which the serving layer reads too; the handler folder only the payload.
 
     Returns
     -------
@@ -213,7 +213,7 @@ def generate(
                 shutil.copyfile(produced, out / produced.name)
                 written.append(out / produced.name)
     module = options_module(load_options())
-    for out in (handler_out, client_out, engine_out):
+    for out in (client_out, engine_out):  # the server reads the engine's copy
         out.mkdir(parents=True, exist_ok=True)
         (out / OPTIONS_MODULE).write_text(module, encoding="utf-8")
         written.append(out / OPTIONS_MODULE)

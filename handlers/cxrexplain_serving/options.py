@@ -6,7 +6,7 @@ as ``bytes``. :func:`parse_options` accepts all of them and returns one typed :c
 
 Which keys exist, their types, choices, minimums and defaults, and each method's own ``<method>.<option>``
 keys (``integrated_gradients.internal_batch_size=16``) are declared once, in ``protos/options.json``; this
-module reads them from the generated :mod:`.wire.options_schema`, the same table the client SDK validates
+module reads them from the generated :mod:`cxrexplain.options_schema`, the same table the client SDK validates
 with before sending (README.md, option table).
 
 Over REST the options may also travel as one URL-encoded header, :data:`OPTIONS_HEADER`, beside a raw image
@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cxrexplain import options_schema as schema
 from cxrexplain.errors import InvalidInput, InvalidOption, UnknownMethod
 from cxrexplain.methods import base as registry
-
-from .wire import options_schema as schema
 
 BODY_KEYS = ("data", "body")
 # Keys TorchServe itself reads from a gRPC input map (sequence control): not ours to validate.

@@ -34,6 +34,7 @@ def test_regenerating_gives_byte_identical_stubs(tmp_path: Path) -> None:
         "options_schema.py",
     ]
     assert sorted(p.name for p in written if p.parent.name == "engine") == ["options_schema.py"]
+    assert sorted(p.name for p in written if p.parent.name == "handler") == ["explain_pb2.py", "explain_pb2.pyi"]
     committed_in = {"handler": generate.HANDLER_WIRE, "client": generate.CLIENT_PROTO, "engine": generate.ENGINE}
     for path in written:
         committed = committed_in[path.parent.name] / path.name

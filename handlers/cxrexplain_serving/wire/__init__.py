@@ -1,7 +1,7 @@
-"""The wire payload: ``explain_pb2`` is generated from ``protos/explain.proto`` by ``protos/generate.py``, and
-``options_schema`` (the request options) from ``protos/options.json``.
+"""The wire payload: ``explain_pb2`` is generated from ``protos/explain.proto`` by ``protos/generate.py``
+(the request options' schema, generated from ``protos/options.json``, is :mod:`cxrexplain.options_schema`).
 
-Do not edit either by hand; regenerate them. REST answers with the message's JSON mapping (proto field
+Do not edit it by hand; regenerate it. REST answers with the message's JSON mapping (proto field
 names) unless the request accepts :data:`PROTOBUF_MEDIA_TYPE`; gRPC carries the binary message.
 """
 
