@@ -47,9 +47,13 @@ def _cache_lock(name: str) -> Iterator[None]:
 
 
 def _train_with_threads(fn, *args, **kwargs):
-    """Train (or load) on 2 threads, the budget's setting, then restore the caller's thread count."""
+    """Train (or load) on exactly 2 threads, then restore the caller's thread count.
+
+    Exactly 2, whatever the tests before set: float reductions differ with the thread count, so a model trained
+    on another count is another model, and the tests that read the fixtures must see the same one every run.
+    """
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
+    torch.set_num_threads(2)
     start = time.perf_counter()
     try:
         with _cache_lock(fn.__name__):
@@ -57,6 +61,16 @@ def _train_with_threads(fn, *args, **kwargs):
     finally:
         torch.set_num_threads(threads)
         log.info("%s ready in %.1f s", fn.__name__, time.perf_counter() - start)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``),
+    restored afterwards, so no module changes the thread count of the modules after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

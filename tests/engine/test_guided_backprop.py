@@ -19,7 +19,8 @@ from propagation_nets import (
 import cxrexplain
 from cxrexplain.propagation import GRADIENT_RULES
 
-torch.set_num_threads(1)
+# One torch thread for this module (set by a fixture, so the setting does not leak into other modules).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vgg16"])

@@ -27,7 +27,8 @@ from cxrexplain.methods.lrp import lrp_rules
 from cxrexplain.methods.rap import RAP_RULES
 from cxrexplain.propagation import linear_maps, nodes, pointwise
 
-torch.set_num_threads(1)
+# One torch thread for this module (set by a fixture, so the setting does not leak into other modules).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lrp_by_matrices(weights: list[torch.Tensor], x: torch.Tensor, target: int, alpha: float, beta: float):

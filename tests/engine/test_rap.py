@@ -30,7 +30,8 @@ from propagation_nets import (
 import cxrexplain
 from cxrexplain.methods.rap import RAP_RULES
 
-torch.set_num_threads(1)
+# One torch thread for this module (set by a fixture, so the setting does not leak into other modules).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _safe_ratio(z: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,7 @@ LABELS = ["Cardiomegaly", "Nodule", "Mass", "Effusion", "Pneumothorax"]
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_bundle(seed: int = 0) -> ClassifierBundle:
