@@ -3,7 +3,7 @@
 The cache lives in ``<repo>/.cache/test-models/``, keyed by a hash of the training config and of the sources
 that shape the weights (phantom.py, train.py, losses.py, spec.py, models/architectures.py / autoencoder.py):
 editing any of them retrains on the next run. Training goes through ``cxrexplain_lab.train.demo_classifier`` /
-``demo_autoencoder``, the same code ``export/train_demo.py`` and the benchmarks use.
+``demo_autoencoder``, the same code ``python -m cxrexplain_lab.train_demo`` and the benchmarks use.
 """
 
 from __future__ import annotations

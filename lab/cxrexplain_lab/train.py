@@ -6,7 +6,7 @@ torchvision / torchxrayvision normalization. Runs are deterministic for a seed o
 seed, a seeded DataLoader generator (no worker processes) and a seeded augmentation generator.
 
 :func:`demo_classifier` / :func:`demo_autoencoder` build, train and cache the project's demo models; the test
-fixtures, ``export/train_demo.py`` and the benchmarks all go through them.
+fixtures, ``cxrexplain_lab.train_demo`` and the benchmarks all go through them.
 """
 
 from __future__ import annotations
