@@ -16,6 +16,8 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
+import cxrexplain_render as render
+
 from ._proto import explain_pb2
 from ._proto import options_schema as schema
 from .errors import CxrExplainClientError, InvalidInput, error_from_fields, parse_error_body
@@ -290,13 +292,11 @@ def decode_map(m: explain_pb2.Map) -> np.ndarray:
         scale = 65535.0 if arr.dtype == np.uint16 or img.mode.startswith("I") else 255.0
         out = arr.astype(np.float32) / scale
     elif dtype in ("float16", "float32"):
-        expected = m.height * m.width * (2 if dtype == "float16" else 4)
-        if len(m.data) != expected:
-            raise CxrExplainClientError(
-                f"a {m.height}x{m.width} {dtype} map needs {expected} bytes, got {len(m.data)}"
-            )
-        out = np.frombuffer(m.data, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.float32)
-        out = out.reshape(m.height, m.width)
+        try:
+            wire_dtype: render.ArrayDType = "float16" if dtype == "float16" else "float32"
+            out = render.decode_array(m.data, m.height, m.width, wire_dtype)
+        except render.RenderInputError as exc:
+            raise CxrExplainClientError(f"a malformed map in the response: {exc}") from exc
     else:
         raise CxrExplainClientError(f"unknown map dtype {m.dtype!r}; upgrade cxrexplain-client")
     if m.height and m.width and out.shape != (m.height, m.width):

@@ -354,7 +354,7 @@ def test_payload_error_raises_typed_exception() -> None:
 
 def test_corrupt_map_is_reported() -> None:
     bad = explain_pb2.Map(height=4, width=4, dtype="float32", data=b"\x00" * 10)
-    with pytest.raises(cx.CxrExplainClientError, match="needs 64 bytes"):
+    with pytest.raises(cx.CxrExplainClientError, match=r"10 bytes do not hold a 4 x 4 float32 map \(64\)"):
         codec.decode_map(bad)
 
 
