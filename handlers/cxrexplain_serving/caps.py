@@ -136,11 +136,13 @@ def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int, ta
             targets is not None and row.options.positive) else ""
         raise CostCapExceeded(f"{n} targets{why} is above the cap of {caps.max_targets} targets per request: "
                               "name fewer targets or lower top_k")
-    per_target = sum(method_cost(row, m) for m in row.methods)
+    costs = {m: method_cost(row, m) for m in row.methods}
+    per_target = sum(costs.values())
     work = n * per_target
     if work > caps.max_work_units:
+        each = " + ".join(f"{m} {c}" for m, c in costs.items())
         raise CostCapExceeded(
-            f"the request costs {work} work units (targets {n} x methods {per_target}), above the cap of "
+            f"the request costs {work} work units (targets {n} x methods {per_target}: {each}), above the cap of "
             f"{caps.max_work_units}: ask for fewer targets, methods, frames or integration steps")
     estimate = estimate_response_bytes(row, size, labels, targets=n)
     if estimate > caps.max_response_bytes:
