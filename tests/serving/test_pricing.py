@@ -119,8 +119,8 @@ def test_work_units_are_priced_from_latent_shift_options_alone(built):
 
 
 def test_refusing_over_cap_steps_costs_the_worker_under_20_mb():
-    """Peak resident memory growth (VmHWM after resetting it) of refusing steps=6000 and steps=1000000, in a fresh
-    process so this one's history does not count."""
+    """Peak resident memory growth (VmHWM after resetting it) of refusing over-cap steps (as a field or in the
+    options header) and a malformed header, in a fresh process so this one's history does not count."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs")
     script = textwrap.dedent("""
@@ -139,27 +139,31 @@ def test_refusing_over_cap_steps_costs_the_worker_under_20_mb():
         bundle = ClassifierBundle(build_classifier("densenet_small", 5, 1), labels=list("abcde"),
                                   input_spec=unit_spec(1, 64), architecture="densenet_small")
         service = ExplainService(bundle, model_name="m", model_version="1", device="cpu")
-        def ask(steps):
-            row = RowRequest(body=b"not an image", content_type="image/png",
-                             options={"methods": "integrated_gradients", "steps": steps})
+        def ask(steps, header=None):
+            row = RowRequest(body=b"not an image", content_type="image/png", header_options=header,
+                             options={"methods": "integrated_gradients"} if header else
+                                     {"methods": "integrated_gradients", "steps": steps})
             return service.handle_batch([row])[0].status
         ask("129")  # warm the code path (imports, caches) once
+        ask("129", header="steps=129")
         out = {}
-        for steps in ("6000", "1000000"):
+        for name, steps, header in [("6000", "6000", None), ("128 < 4096", "4096", None),
+                                    ("1000000", "1000000", None), ("header 6000", "", "steps=6000"),
+                                    ("header malformed", "", "steps=6000&&=&%zz")]:
             open("/proc/self/clear_refs", "w").write("5")
             before, started = status("VmRSS"), time.perf_counter()
-            code = ask(steps)
-            out[steps] = {"status": code, "seconds": time.perf_counter() - started,
-                          "peak_mb": status("VmHWM") - before}
+            code = ask(steps, header)
+            out[name] = {"status": code, "seconds": time.perf_counter() - started,
+                         "peak_mb": status("VmHWM") - before}
         print(json.dumps(out))
     """)
     env = {"PYTHONPATH": ":".join(str(ROOT / p) for p in ("handlers", "lab", "client", ".")), "PATH": "/usr/bin"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     measured = json.loads(done.stdout.strip().splitlines()[-1])
-    for steps, m in measured.items():
-        assert m["status"] == 422, steps
-        assert m["peak_mb"] < 20, (steps, m)
+    for name, m in measured.items():
+        assert m["status"] == (400 if "malformed" in name else 422), name
+        assert m["peak_mb"] < 20, (name, m)
 
 
 # ---------------------------------------------------------------------------- no option value answers a 5xx
