@@ -88,14 +88,14 @@ def _postprocess(path: Path) -> None:
 
 def load_options(path: Path = OPTIONS_JSON) -> dict[str, Any]:
     """The option table of ``options.json`` with each short key completed from the method option it ``sets``
-    (type, choices, minimum; its default as the README's), so a short key cannot disagree with its method."""
+    (type, choices, minimum, maximum; its default as the README's), so a short key cannot disagree with its method."""
     table = json.loads(path.read_text(encoding="utf-8"))
     table.pop("$comment", None)
     for option in table["options"]:
         if "sets" in option:
             method, _, name = option["sets"].partition(".")
             target = table["methods"][method][name]
-            for field in ("type", "choices", "minimum"):
+            for field in ("type", "choices", "minimum", "maximum"):
                 if field in target:
                     option.setdefault(field, target[field])
             if "default" in target:
@@ -149,8 +149,12 @@ def _values(option: dict[str, Any]) -> str:
         return " | ".join(f"`{c}`" for c in option["choices"]) + f"; {option['help']}"
     kind = {"int": "integer", "float": "number", "bool": "`true` | `false`"}.get(option["type"])
     text = option["help"] if kind is None else f"{kind}: {option['help']}"
-    if "minimum" in option:
+    if "minimum" in option and "maximum" in option:
+        text += f", {option['minimum']} to {option['maximum']}"
+    elif "minimum" in option:
         text += f", at least {option['minimum']}"
+    elif "maximum" in option:
+        text += f", at most {option['maximum']}"
     if "sets" in option:
         text += f" (sets `{option['sets']}`)"
     return text

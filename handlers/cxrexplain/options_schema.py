@@ -41,8 +41,9 @@ class OptionSpec:
         One line for the user (CLI help, README).
     choices, aliases
         Allowed values of a choice (lower case); other spellings of them (``json`` for ``application/json``).
-    minimum
-        Smallest integer allowed.
+    minimum, maximum
+        Smallest and largest number allowed (``int`` and ``float``), both inclusive: the natural range of the
+        option, so an out-of-range value is refused while parsing, before any work.
     default
         The value, as text, the receiver applies when the option is missing (``None``: no value).
     doc_default
@@ -61,7 +62,8 @@ class OptionSpec:
     help: str
     choices: tuple[str, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()
-    minimum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
     default: str | None = None
     doc_default: str | None = None
     pattern: str | None = None
@@ -85,8 +87,7 @@ class OptionSpec:
                 number = int(raw)
             except ValueError:
                 raise OptionError(f"{self.key} must be an integer, got {raw[:40]!r}") from None
-            if self.minimum is not None and number < self.minimum:
-                raise OptionError(f"{self.key} must be at least {self.minimum}, got {number}")
+            self._check_range(number)
             return number
         if self.type == "float":
             try:
@@ -95,6 +96,7 @@ class OptionSpec:
                 raise OptionError(f"{self.key} must be a number, got {raw[:40]!r}") from None
             if not math.isfinite(value):
                 raise OptionError(f"{self.key} must be a finite number, got {raw[:40]!r}")
+            self._check_range(value)
             return value
         if self.type == "bool":
             return parse_bool(self.key, raw)
@@ -111,12 +113,21 @@ class OptionSpec:
                 low, high = (float(p) for p in parts)
             except ValueError:
                 raise OptionError(f"{self.key} must be two numbers 'low,high', got {raw[:40]!r}") from None
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise OptionError(f"{self.key} must be two finite numbers 'low,high' with low < high, "
+                                  f"got {raw[:40]!r}")
             return low, high
         if self.type == "media_type":
             return self._media_type(raw)
         if self.pattern is not None and not re.fullmatch(self.pattern, raw):
             raise OptionError(f"{self.key} must match {self.pattern} ({self.help}), got {raw[:40]!r}")
         return raw
+
+    def _check_range(self, number: float) -> None:
+        if self.minimum is not None and number < self.minimum:
+            raise OptionError(f"{self.key} must be at least {_number(self.minimum)}, got {_number(number)}")
+        if self.maximum is not None and number > self.maximum:
+            raise OptionError(f"{self.key} must be at most {_number(self.maximum)}, got {_number(number)}")
 
     def _media_type(self, raw: str) -> str:
         lowered = raw.lower()
@@ -170,6 +181,14 @@ _KINDS = {
 }
 
 
+def _number(value: float) -> str:
+    """A number for a message: whole numbers without ``.0``, and at most 40 characters of a huge one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value) if isinstance(value, int) else repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
+
+
 def parse_bool(key: str, raw: str) -> bool:
     """The one reading of a boolean's text (case-insensitive :data:`BOOLEAN_TRUE` / :data:`BOOLEAN_FALSE`).
 
@@ -215,6 +234,7 @@ def _spec(key: str, fields: Mapping[str, Any]) -> OptionSpec:
         choices=tuple(fields.get("choices", ())),
         aliases=tuple(fields.get("aliases", {}).items()),
         minimum=fields.get("minimum"),
+        maximum=fields.get("maximum"),
         default=fields.get("default"),
         doc_default=fields.get("doc_default"),
         pattern=fields.get("pattern"),
@@ -252,6 +272,7 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
               'sets': 'latent_shift.frames',
               'help': 'latent shift: number of frames K',
               'minimum': 2,
+              'maximum': 1000,
               'doc_default': '`10`'},
              {'key': 'latent_shift_map',
               'type': 'choice',
@@ -274,6 +295,7 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
               'sets': 'integrated_gradients.steps',
               'help': 'integrated gradients: path points',
               'minimum': 1,
+              'maximum': 4096,
               'doc_default': '`32`'},
              {'key': 'stream',
               'type': 'bool',
@@ -311,6 +333,7 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
              'saliency': {},
              'integrated_gradients': {'steps': {'type': 'int',
                                                 'minimum': 1,
+                                                'maximum': 4096,
                                                 'default': '32',
                                                 'help': 'path points'},
                                       'baseline': {'type': 'float',
@@ -322,12 +345,14 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
                                                       'help': 'quadrature rule'},
                                       'internal_batch_size': {'type': 'int',
                                                               'minimum': 0,
+                                                              'maximum': 4096,
                                                               'default': '0',
                                                               'help': 'path points per extra forward (0: by '
                                                                       'device)'}},
              'guided_backprop': {},
              'latent_shift': {'frames': {'type': 'int',
                                          'minimum': 2,
+                                         'maximum': 1000,
                                          'default': '10',
                                          'help': 'number of frames K'},
                               'direction': {'type': 'choice',
@@ -342,12 +367,19 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
                                          'choices': ['fast', 'exhaustive', 'app_c', 'reference_walk'],
                                          'default': 'fast',
                                          'help': 'lambda search'},
-                              'max_lambda': {'type': 'float', 'default': '1000.0', 'help': 'cap on |lambda|'},
+                              'max_lambda': {'type': 'float',
+                                             'minimum': 0,
+                                             'maximum': 1000000,
+                                             'default': '1000.0',
+                                             'help': 'cap on |lambda|'},
                               'step': {'type': 'float',
+                                       'minimum': 0.01,
+                                       'maximum': 1000000,
                                        'default': '10.0',
                                        'help': 'grid step of the walk, in sigmoid units'},
                               'batch_size': {'type': 'int',
                                              'minimum': 0,
+                                             'maximum': 4096,
                                              'default': '0',
                                              'help': 'decode+classify batch (0: by device)'},
                               'fall': {'type': 'float',

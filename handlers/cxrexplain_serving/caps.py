@@ -1,6 +1,8 @@
 """Cost policy: the per-request caps, what a request costs, and how large its response can get.
 
-Every check here runs before any explanation: a request over a cap is answered 422 with what to ask for instead.
+Every check here runs from the request's options alone (:func:`price`), before any method object is built or
+pixel decoded: a request over a cap is answered 422 with what to ask for instead. ``targets=positive`` is priced
+at its worst case, every label; after the prediction pass its exact count is checked again (the one late check).
 The response-size cap matters beyond cost: a reply above TorchServe's ``max_response_size`` makes the frontend
 drop the worker's channel, and with it the whole batch.
 """
@@ -13,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cxrexplain import options_schema as schema
 from cxrexplain.errors import CostCapExceeded
+from cxrexplain.methods import base as registry
 
 from .options import JSON
 from .rows import RowState
@@ -67,27 +71,48 @@ class CostCaps:
         return cls(**caps)
 
 
+def option(row: RowState, method: str, name: str) -> Any:
+    """A method option of the row as parsed (typed, range-checked), else its declared default."""
+    given = row.method_options.get(method, {})
+    if name in given:
+        return given[name]
+    spec = schema.method_option(f"{method}.{name}")
+    return None if spec.default is None else spec.parse(spec.default)
+
+
 def frames(row: RowState) -> int:
-    """K, the latent-shift frames the row asks for (as its method instance names them, else the option)."""
-    method = row.instances.get("latent_shift")
-    for attr in ("frames", "k", "num_frames"):
-        value = getattr(method, attr, None) if method is not None else None
-        if isinstance(value, int):
-            return value
-    return row.options.frames or DEFAULT_FRAMES
+    """K, the latent-shift frames the row asks for (its option, else the default)."""
+    return int(option(row, "latent_shift", "frames") or DEFAULT_FRAMES)
 
 
 def steps(row: RowState) -> int | None:
     """The integrated-gradients steps the row asks for, ``None`` without that method."""
-    method = row.instances.get("integrated_gradients")
-    if method is None:
+    if "integrated_gradients" not in row.methods:
         return None
-    value = getattr(method, "steps", None)
-    return int(value) if isinstance(value, int) else row.options.steps
+    return int(option(row, "integrated_gradients", "steps"))
+
+
+def target_bound(row: RowState, labels: int) -> int:
+    """The most targets the row can resolve to, from its options alone: its named targets, ``top_k`` and for
+    ``positive`` every label (its worst case), at most the model's ``labels``; 1 (the top finding) when it
+    names none."""
+    opts = row.options
+    if not opts.has_targets:
+        return 1
+    named = len(opts.targets) + (labels if opts.positive else 0) + (opts.top_k or 0)
+    return min(labels, named)
+
+
+def price(row: RowState, caps: CostCaps, size: int, labels: int) -> None:
+    """Every cap of an explain row from its options alone, before any method is built or pixel decoded:
+    frames and steps, then targets, work units and response size at the row's worst-case target count
+    (:func:`target_bound`)."""
+    check_method_caps(row, caps)
+    check_request_caps(row, caps, size, labels, targets=target_bound(row, labels))
 
 
 def check_method_caps(row: RowState, caps: CostCaps) -> None:
-    """The caps one method's options can break (frames, steps): checked as soon as the methods are built."""
+    """The caps one method's options can break (frames, steps)."""
     k = frames(row)
     if "latent_shift" in row.methods and k > caps.max_frames:
         raise CostCapExceeded(f"frames={k} is above the cap of {caps.max_frames}: ask for at most "
@@ -98,22 +123,28 @@ def check_method_caps(row: RowState, caps: CostCaps) -> None:
                               f"ask for at most {caps.max_steps} steps")
 
 
-def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int) -> None:
-    """Targets, work units and response size of an explain row whose targets are known.
+def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int, targets: int | None = None) -> None:
+    """Targets, work units and response size of an explain row.
 
-    ``size`` is the model's input size (maps are ``size`` x ``size``), ``labels`` its number of labels.
+    ``size`` is the model's input size (maps are ``size`` x ``size``), ``labels`` its number of labels,
+    ``targets`` the target count to price (default: the row's resolved targets; :func:`price` gives the worst
+    case before they are known).
     """
-    n = len(row.targets)
+    n = len(row.targets) if targets is None else targets
     if n > caps.max_targets:
-        raise CostCapExceeded(f"{n} targets is above the cap of {caps.max_targets} targets per request: "
+        why = f" (targets=positive is priced at every one of the model's {labels} labels)" if (
+            targets is not None and row.options.positive) else ""
+        raise CostCapExceeded(f"{n} targets{why} is above the cap of {caps.max_targets} targets per request: "
                               "name fewer targets or lower top_k")
-    per_target = sum(method_cost(row, m) for m in row.methods)
+    costs = {m: method_cost(row, m) for m in row.methods}
+    per_target = sum(costs.values())
     work = n * per_target
     if work > caps.max_work_units:
+        each = " + ".join(f"{m} {c}" for m, c in costs.items())
         raise CostCapExceeded(
-            f"the request costs {work} work units (targets {n} x methods {per_target}), above the cap of "
+            f"the request costs {work} work units (targets {n} x methods {per_target}: {each}), above the cap of "
             f"{caps.max_work_units}: ask for fewer targets, methods, frames or integration steps")
-    estimate = estimate_response_bytes(row, size, labels)
+    estimate = estimate_response_bytes(row, size, labels, targets=n)
     if estimate > caps.max_response_bytes:
         raise CostCapExceeded(
             f"the response would be about {estimate / 2**20:.1f} MiB, above the cap of "
@@ -122,8 +153,9 @@ def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int) ->
 
 
 def method_cost(row: RowState, name: str) -> int:
-    """Work units of one method for one target: what it declares, at least its frames or steps."""
-    declared = int(row.instances[name].cost()) if name in row.instances else 1
+    """Work units of one method for one target, from the row's options alone: what the method declares
+    (:meth:`~cxrexplain.methods.base.Method.cost_of`), at least its frames or steps."""
+    declared = int(registry.REGISTRY[name].cost_of(row.method_options.get(name, {})))
     if name == "latent_shift":  # the lambda search plus one decoded frame each: at least 2 per frame
         return max(declared, 2 * frames(row))
     if name == "integrated_gradients":
@@ -131,8 +163,9 @@ def method_cost(row: RowState, name: str) -> int:
     return max(declared, 1)
 
 
-def estimate_response_bytes(row: RowState, size: int, labels: int) -> int:
-    """Upper estimate of the encoded response of an explain row, from its options alone."""
+def estimate_response_bytes(row: RowState, size: int, labels: int, targets: int | None = None) -> int:
+    """Upper estimate of the encoded response of an explain row, from its options alone, for ``targets``
+    targets (default: the row's resolved targets)."""
     opts = row.options
     pixels = size**2
     if opts.heatmap_format == "png":
@@ -145,7 +178,7 @@ def estimate_response_bytes(row: RowState, size: int, labels: int) -> int:
         per_target += k * (per_map + 64)
         if opts.gif:
             per_target += int(k * pixels * 1.5) + 2048  # LZW can expand noise beyond 8 bits/pixel
-    total = 2048 + 96 * labels + len(row.targets) * per_target
+    total = 2048 + 96 * labels + (len(row.targets) if targets is None else targets) * per_target
     if row.content_type == JSON:
         total = int(math.ceil(total * _JSON_OVERHEAD)) + 1024
     return total

@@ -1,8 +1,10 @@
-"""Request preparation, the first stage: options -> kind -> methods -> decoded image -> model input.
+"""Request preparation, the first stage: options -> kind -> price -> methods -> decoded image -> model input.
 
-Cheap checks come first, so a request that cannot be answered fails before its image is decoded: the options'
-form, the request kind, then each method built once from its options (its constructor validates them; the
-engine later runs these very instances) and the caps those options can break.
+Validate and price before work: every option is parsed and range-checked against the options schema, then the
+request is priced from its options alone against every cap (targets at their worst case, frames, steps, work
+units, response size), and only then is each method built once (its constructor checks what spans options, such
+as LRP's alpha - beta = 1; the engine later runs these very instances) and the image decoded. A refused request
+costs the worker no decoding, no method object and no tensor.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from cxrexplain.methods import base as registry
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import InputSpec
 
-from .caps import CostCaps, check_method_caps
+from .caps import CostCaps, price
 from .options import RequestOptions, check_request_id, negotiate, parse_options, with_header_options
 from .rows import KINDS, RowRequest, RowState, elapsed_ms, safe_request_id
 from .telemetry import Telemetry
@@ -30,6 +32,8 @@ class Preparer:
     ----------
     input_spec
         The classifier's input spec (the decoded image becomes its model input).
+    labels
+        The classifier's number of labels (the worst case of ``targets=positive``, for pricing).
     caps
         Body size, pixel count, frames and steps limits.
     methods
@@ -42,9 +46,10 @@ class Preparer:
         Counts decode errors.
     """
 
-    def __init__(self, input_spec: InputSpec, caps: CostCaps, *, methods: Sequence[str],
+    def __init__(self, input_spec: InputSpec, caps: CostCaps, *, labels: int, methods: Sequence[str],
                  default_methods: Sequence[str], has_autoencoder: bool, telemetry: Telemetry):
         self.input_spec = input_spec
+        self.labels = labels
         self.caps = caps
         self.methods = tuple(methods)
         self.default_methods = tuple(default_methods)
@@ -103,10 +108,11 @@ class Preparer:
             raise InvalidOption(f"options for {', '.join(sorted(stray))}, which the request does not ask for: "
                                 "add the method to 'methods' or drop its options")
         state.method_options = {m: dict(opts.method_options.get(m, {})) for m in state.methods}
-        # Building validates each method's options now, before decoding or computing anything; the engine
-        # runs these instances (Explainer.explain takes them as they are).
+        # Parsing range-checked every option; the price needs nothing more than the options.
+        price(state, self.caps, self.input_spec.size, self.labels)
+        # Only a request within the caps builds its methods (the constructors check what spans options) and
+        # then decodes; the engine runs these instances (Explainer.explain takes them as they are).
         state.instances = {m: registry.create(m, **state.method_options[m]) for m in state.methods}
-        check_method_caps(state, self.caps)
 
 
 def infer_kind(opts: RequestOptions, explain_flag: bool) -> str:

@@ -6,12 +6,13 @@ only turns TorchServe's rows into :class:`~.rows.RowRequest` and the results bac
 A batch goes through five stages, each row failing on its own (a bad row becomes an error answer with its own
 status, the others proceed; see :meth:`~.rows.RowState.step`):
 
-1. *prepare* (:mod:`.prepare`): parse options, build the requested methods once (which validates their
-   options), decode the image, build the model input;
+1. *prepare* (:mod:`.prepare`): parse and range-check the options, price the request from them alone against
+   every cap (``positive`` at its worst case), build the requested methods once, decode the image, build the
+   model input;
 2. *predict*: one forward pass over every row that needs probabilities before explaining (``positive``,
    ``top_k``, streaming) or only wants predictions, on the fast backend (:mod:`.predictor`) when given;
-3. *resolve* (:mod:`.targets`, :mod:`.caps`): targets to label indices, then the target, work and
-   response-size caps, before any explanation runs;
+3. *resolve* (:mod:`.targets`, :mod:`.caps`): targets to label indices, then the caps again at the exact
+   target count (the one late check: ``positive`` was priced at every label), before any explanation runs;
 4. *explain* (:mod:`.batching`): rows asking for the same methods share one :meth:`Explainer.explain` call on
    the instances built in stage 1, one engine row per (image, target);
 5. *answer* (:mod:`.responses`): the whole answer, or a stream's parts, and telemetry per row.
@@ -91,8 +92,8 @@ class ExplainService:
         if default_methods is None:
             default_methods = ("cam",) if "cam" in self.methods else ("gradcam",)
         self.default_methods = tuple(default_methods)
-        self.preparer = Preparer(classifier_bundle.input_spec, self.caps, methods=self.methods,
-                                 default_methods=self.default_methods,
+        self.preparer = Preparer(classifier_bundle.input_spec, self.caps, labels=len(classifier_bundle.labels),
+                                 methods=self.methods, default_methods=self.default_methods,
                                  has_autoencoder=autoencoder_bundle is not None, telemetry=self.telemetry)
         self.responses = ResponseBuilder(classifier_bundle, model_name=model_name, model_version=model_version)
 
@@ -162,6 +163,7 @@ class ExplainService:
 
     def _resolve(self, state: RowState) -> None:
         state.targets = resolve_targets(state, self.bundle)
+        # The one check after the forward pass: the exact target count (never above the price's worst case).
         check_request_caps(state, self.caps, self.bundle.input_spec.size, len(self.bundle.labels))
 
     def _explain(self, chunk: list[RowState]) -> None:

@@ -35,7 +35,7 @@ def resolve_targets(row: RowState, bundle: ClassifierBundle) -> list[int | None]
         positive = (p > ops).nonzero().flatten()
         chosen += sorted(positive.tolist(), key=lambda i: -float(p[i]))
     if p is not None and opts.top_k is not None:
-        chosen += torch.argsort(p, descending=True)[: opts.top_k].tolist()
+        chosen += torch.argsort(p, descending=True)[: min(opts.top_k, len(p))].tolist()
     if not opts.has_targets:
         # The top of the findings this row reports: from its prediction pass when one ran (a stream, which
         # announces its targets with its findings before explaining), else from the explanation's forward.

@@ -13,6 +13,7 @@ from captum.attr import Saliency as CaptumSaliency
 
 from cxrexplain import Explainer, InvalidOption
 from cxrexplain.methods import base as registry
+from cxrexplain.methods import gradients
 
 
 @pytest.fixture(scope="module", params=["resnet18", "densenet121"])
@@ -118,6 +119,22 @@ def test_integrated_gradients_options_and_cost() -> None:
         registry.create("integrated_gradients", internal_batch_size=-1)
     with pytest.raises(InvalidOption, match="steps"):
         registry.create("integrated_gradients", steps="many")
+
+
+def test_integrated_gradients_constructor_computes_no_quadrature() -> None:
+    """Building the method validates its options only: the Gauss-Legendre eigen-solve (steps x steps) waits for
+    the first explanation, and is computed once per (rule, steps) after that."""
+    gradients.path_rule.cache_clear()
+    for steps in (4000, 1_000_000):
+        method = registry.create("integrated_gradients", steps=steps)
+        assert method.cost() == gradients.IntegratedGradients.cost_of({"steps": steps}) == steps
+    registry.create("integrated_gradients", steps=5, integration="riemann_trapezoid")
+    assert gradients.path_rule.cache_info().currsize == 0
+    with pytest.raises(InvalidOption, match="steps >= 2"):
+        registry.create("integrated_gradients", steps=1, integration="riemann_trapezoid")
+    first = gradients.path_rule("gausslegendre", 7)
+    assert gradients.path_rule("gausslegendre", 7) is first and not first[0].flags.writeable
+    assert gradients.path_rule.cache_info().misses == 1
 
 
 def test_forward_counts_saliency_shares_the_forward_ig_adds_its_own() -> None:

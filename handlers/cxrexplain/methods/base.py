@@ -8,6 +8,7 @@ more evaluations by nature, integrated gradients or latent shift, run those extr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -60,7 +61,11 @@ class MethodOutput:
 
 
 class Method(ABC):
-    """An explanation method. Subclasses set ``name`` (the wire name) and implement :meth:`explain`."""
+    """An explanation method. Subclasses set ``name`` (the wire name) and implement :meth:`explain`.
+
+    A constructor validates the options and stores them; it allocates nothing that grows with an option
+    (work proportional to ``steps`` or ``frames`` happens in :meth:`explain`).
+    """
 
     name: ClassVar[str]
     options: ClassVar[dict[str, type]] = {}
@@ -84,9 +89,16 @@ class Method(ABC):
         """fx node names whose outputs the shared forward must keep for this method ("all" for propagation)."""
         return ()
 
-    def cost(self) -> int:
-        """Work units per row relative to one forward+backward, for the cost cap."""
+    @classmethod
+    def cost_of(cls, options: Mapping[str, Any]) -> int:
+        """Work units per row relative to one forward+backward, for the cost cap, read from ``options`` alone
+        (typed as declared; a missing one is the class default), so a request is priced before any method
+        object is built. Must stay cheap and finite for every value the options schema's ranges allow."""
         return 1
+
+    def cost(self) -> int:
+        """:meth:`cost_of` this instance's options."""
+        return self.cost_of({key: getattr(self, key) for key in self.options})
 
     @abstractmethod
     def explain(self, ctx: ForwardContext) -> MethodOutput:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,26 +31,37 @@ class Saliency(Method):
         return MethodOutput(heatmap=ctx.input_gradient().abs().amax(dim=1))
 
 
+def check_rule(rule: str, steps: int) -> None:
+    """Refuse a quadrature rule that does not exist or cannot use ``steps`` points, without computing it."""
+    if rule not in INTEGRATION_RULES:
+        raise InvalidOption(
+            f"integrated_gradients: unknown integration {rule!r}; use one of {', '.join(INTEGRATION_RULES)}"
+        )
+    if rule == "riemann_trapezoid" and steps < 2:
+        raise InvalidOption("integrated_gradients: riemann_trapezoid needs steps >= 2")
+
+
+@functools.lru_cache(maxsize=8)
 def path_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quadrature nodes ``alpha`` in [0, 1] and weights (summing to 1) for the path integral.
+    """Quadrature nodes ``alpha`` in [0, 1] and weights (summing to 1) for the path integral; read-only arrays,
+    computed on first use and cached per (rule, steps): Gauss-Legendre is an eigen-solve of a steps x steps
+    matrix, so it is never computed before the request has passed its caps.
 
     ``gausslegendre``: Gauss-Legendre nodes on [-1, 1] mapped to [0, 1] (what captum uses by default).
     ``riemann_trapezoid``: ``steps`` equally spaced nodes including both ends, trapezoid weights
     ``1/(steps-1)`` halved at the ends (captum's variant uses ``1/steps``, so its weights sum to
     ``(steps-1)/steps``; ours integrate constants exactly).
     """
+    check_rule(rule, steps)
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return 0.5 * (nodes + 1.0), 0.5 * weights
-    if rule == "riemann_trapezoid":
-        if steps < 2:
-            raise InvalidOption("integrated_gradients: riemann_trapezoid needs steps >= 2")
+        alphas, weights = 0.5 * (nodes + 1.0), 0.5 * weights
+    else:
         weights = np.full(steps, 1.0 / (steps - 1))
         weights[[0, -1]] /= 2
-        return np.linspace(0.0, 1.0, steps), weights
-    raise InvalidOption(
-        f"integrated_gradients: unknown integration {rule!r}; use one of {', '.join(INTEGRATION_RULES)}"
-    )
+        alphas = np.linspace(0.0, 1.0, steps)
+    alphas.flags.writeable = weights.flags.writeable = False
+    return alphas, weights
 
 
 @register
@@ -80,10 +93,11 @@ class IntegratedGradients(Method):
                 f"integrated_gradients: internal_batch_size must be >= 0 (0: by device), got "
                 f"{self.internal_batch_size}"
             )
-        path_rule(self.integration, self.steps)  # validate now, before any work
+        check_rule(self.integration, self.steps)  # validate now; the quadrature itself waits for explain
 
-    def cost(self) -> int:
-        return self.steps
+    @classmethod
+    def cost_of(cls, options: Mapping[str, Any]) -> int:
+        return int(options.get("steps", cls.steps))
 
     def attributions(self, ctx: ForwardContext) -> torch.Tensor:
         """(N, C, H, W) integrated gradients of each row's target logit."""

@@ -10,8 +10,9 @@ x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,12 +228,15 @@ class LatentShift(Method):
                 hint = f"one of {', '.join(allowed)}" if allowed else "see the method's documentation"
                 raise InvalidOption(f"latent_shift: {key}={getattr(self, key)!r} is not valid; use {hint}")
 
-    def cost(self) -> int:
+    @classmethod
+    def cost_of(cls, options: Mapping[str, Any]) -> int:
+        o = {key: options.get(key, getattr(cls, key)) for key in ("frames", "max_lambda", "step", "direction",
+                                                                   "search")}
         # logit steps are the sigmoid's times p0 (1 - p0) <= 0.25 (see _searches)
-        kmax = grid_steps(self.max_lambda, self.step * (0.25 if self.direction == "logit" else 1.0))
+        kmax = grid_steps(o["max_lambda"], o["step"] * (0.25 if o["direction"] == "logit" else 1.0))
         search = {"fast": 2 * fast_evaluations_bound(kmax), "exhaustive": 2 * kmax,
-                  "app_c": kmax, "reference_walk": kmax + 9}[self.search]
-        return 1 + self.frames + search
+                  "app_c": kmax, "reference_walk": kmax + 9}.get(o["search"], 2 * kmax)
+        return 1 + int(o["frames"]) + search
 
     def _searches(self, p0: list[float]) -> list[tuple[int, Search]]:
         searches: list[tuple[int, Search]] = []

@@ -22,6 +22,9 @@ Non-affine nodes (ReLU, pooling, concatenation, addition, reshapes) use the same
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from ..bundle import ClassifierBundle
@@ -102,7 +105,8 @@ class RAP(Method):
     def captures(self, bundle: ClassifierBundle) -> Captures:
         return "all"
 
-    def cost(self) -> int:
+    @classmethod
+    def cost_of(cls, options: Mapping[str, Any]) -> int:
         return 2
 
     def explain(self, ctx: ForwardContext) -> MethodOutput:
