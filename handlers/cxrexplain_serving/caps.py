@@ -106,9 +106,18 @@ def target_bound(row: RowState, labels: int) -> int:
 def price(row: RowState, caps: CostCaps, size: int, labels: int) -> None:
     """Every cap of an explain row from its options alone, before any method is built or pixel decoded:
     frames and steps, then targets, work units and response size at the row's worst-case target count
-    (:func:`target_bound`)."""
+    (:func:`target_bound`).
+
+    ``positive`` resolves to an unknown count until the forward pass, where that exact count meets the target
+    cap (the one check made after computing). The most targets it can resolve to and still pass that check is
+    ``max_targets``, so its work and response are priced at ``min(every label, max_targets)``: a model with more
+    labels than the cap (NIH's 14, torchxrayvision's 18) still serves ``positive`` when few findings are.
+    """
     check_method_caps(row, caps)
-    check_request_caps(row, caps, size, labels, targets=target_bound(row, labels))
+    bound = target_bound(row, labels)
+    if row.options.positive:
+        bound = min(bound, caps.max_targets)
+    check_request_caps(row, caps, size, labels, targets=bound)
 
 
 def check_method_caps(row: RowState, caps: CostCaps) -> None:
@@ -132,9 +141,7 @@ def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int, ta
     """
     n = len(row.targets) if targets is None else targets
     if n > caps.max_targets:
-        why = f" (targets=positive is priced at every one of the model's {labels} labels)" if (
-            targets is not None and row.options.positive) else ""
-        raise CostCapExceeded(f"{n} targets{why} is above the cap of {caps.max_targets} targets per request: "
+        raise CostCapExceeded(f"{n} targets is above the cap of {caps.max_targets} targets per request: "
                               "name fewer targets or lower top_k")
     costs = {m: method_cost(row, m) for m in row.methods}
     per_target = sum(costs.values())

@@ -92,17 +92,28 @@ def test_over_cap_steps_are_refused_before_any_method_is_built(service, built, s
     assert built == [] and gradients.path_rule.cache_info().currsize == 0
 
 
-def test_positive_is_priced_at_every_label_before_decoding(service, built):
+def test_positive_is_priced_at_its_worst_accepted_case_before_decoding(service, built):
+    # positive can resolve to every label; the most it can resolve to and pass the target cap after the forward
+    # pass is max_targets: its work is priced at min(labels, max_targets) targets, before any decoding.
     tight = ExplainService(service.bundle, model_name="m", model_version="1", device="cpu",
-                           caps=CostCaps(max_targets=len(LABELS) - 1))
+                           caps=CostCaps(max_targets=len(LABELS) - 1, max_work_units=len(LABELS) - 2))
     result, msg = answer(tight, b"not an image", methods="cam", targets="positive")
-    assert (result.status, msg.error.type) == (422, "cost_cap_exceeded") and "positive" in msg.error.message
+    assert (result.status, msg.error.type) == (422, "cost_cap_exceeded"), msg.error.message
+    assert f"costs {len(LABELS) - 1} work units (targets {len(LABELS) - 1} x" in msg.error.message
+    assert built == []
+    # With work to spare, positive passes pricing on a model with more labels than the target cap: the body is
+    # decoded (and, being no image, refused as such: 400).
+    roomy = ExplainService(service.bundle, model_name="m", model_version="1", device="cpu",
+                           caps=CostCaps(max_targets=len(LABELS) - 1))
+    result, msg = answer(roomy, b"not an image", methods="cam", targets="positive")
+    assert result.status == 400 and built == ["cam"], msg.error.message
+    built.clear()
     # top_k and named targets are priced at their count (at most the model's labels); the body is decoded only
     # once the price is within the caps, and then its fault is its own (400).
-    result, msg = answer(tight, b"not an image", methods="cam", top_k="1000")
+    result, msg = answer(roomy, b"not an image", methods="cam", top_k="1000")
     assert (result.status, msg.error.type) == (422, "cost_cap_exceeded") and "5 targets" in msg.error.message
     assert built == []
-    result, msg = answer(tight, b"not an image", methods="cam", top_k="4")
+    result, msg = answer(roomy, b"not an image", methods="cam", top_k="4")
     assert result.status == 400 and built == ["cam"]
 
 
