@@ -1,9 +1,10 @@
 """The client core: what :class:`ExplainClient` and :class:`AsyncExplainClient` share.
 
-Settings, request building (:class:`RestCall` / :class:`GrpcCall`: what to send, where, with which deadline
-and token), response parsing, error mapping, the REST retry decisions and the paging of the model list live
-here, with no network I/O; each client only sends the calls and waits (blocking or awaiting), as
-tritonclient's sync and aio clients share their request building and response parsing.
+Settings, request building (:class:`RestCall` / :class:`GrpcCall`: what to send, where, with which deadline,
+token and request id), response parsing, error mapping, the retry decisions of both transports
+(:class:`Attempts`, over :mod:`._retry`'s policy) and the paging of the model list live here, with no network
+I/O; each client only sends the calls and waits (blocking or awaiting), as tritonclient's sync and aio
+clients share their request building and response parsing.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Literal, TypeVar
 
 import grpc
 import grpc.aio
@@ -24,11 +25,20 @@ from google.protobuf import empty_pb2
 
 from . import codec
 from ._proto import explain_pb2, inference_pb2, management_pb2
-from ._retry import USE_CLIENT_DEFAULT, RetryPolicy, _UseClientDefault, grpc_channel_options
+from ._retry import (
+    USE_CLIENT_DEFAULT,
+    Outcome,
+    RetryPolicy,
+    RetryState,
+    _UseClientDefault,
+    grpc_channel_options,
+)
+from .auth import KeyKind
 from .errors import (
     GRPC_CODE_NAMES,
     CxrExplainClientError,
     InvalidInput,
+    Unauthorized,
     connection_error,
     error_from_grpc,
     timeout_error,
@@ -59,6 +69,7 @@ class Settings:
     grpc_management_target: str
     token: str | None
     management_token: str | None
+    token_file: str | os.PathLike[str] | None
     timeout: float | None
     policy: RetryPolicy
     transport: Transport
@@ -88,7 +99,7 @@ def make_settings(
     token_file: str | os.PathLike[str] | None,
     management_token: str | None,
     timeout: float | None,
-    retries: int,
+    retries: int | None,
     retry_policy: RetryPolicy | None,
     transport: str,
     max_message_bytes: int,
@@ -112,6 +123,7 @@ def make_settings(
         grpc_management_target=grpc_management_target,
         token=inference_token,
         management_token=mgmt or resolve_token(None, None, "management") or inference_token,
+        token_file=token_file,
         timeout=timeout,
         policy=policy,
         transport="grpc" if transport == "grpc" else "rest",
@@ -135,12 +147,12 @@ class ClientBase(ABC):
         grpc_management_target: str = DEFAULT_GRPC_MANAGEMENT_TARGET,
         management_token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
-        retries: int = 3,
+        retries: int | None = None,
         retry_policy: RetryPolicy | None = None,
         transport: str = "rest",
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        self.settings: Settings = make_settings(
+        settings = make_settings(
             url,
             grpc_target,
             management_url,
@@ -154,8 +166,13 @@ class ClientBase(ABC):
             transport,
             max_message_bytes,
         )
-        self._core = ClientCore(self.settings)
+        self._core = ClientCore(settings)
         self._open()
+
+    @property
+    def settings(self) -> Settings:
+        """The client's settings (the tokens change when the key file is re-read)."""
+        return self._core.settings
 
     @abstractmethod
     def _open(self) -> None:
@@ -165,7 +182,9 @@ class ClientBase(ABC):
 # ------------------------------------------------------------------------------------------------ calls
 @dataclass(frozen=True)
 class RestCall:
-    """One HTTP request to make: headers include the token; ``ok`` lists error statuses that are answers."""
+    """One HTTP request to make: headers include the token (the ``management`` key when ``management``) and
+    the request id (``X-Request-Id``, the same on every attempt); ``ok`` lists error statuses that are
+    answers."""
 
     method: str
     url: str
@@ -173,11 +192,14 @@ class RestCall:
     headers: dict[str, str]
     timeout: float | None
     ok: tuple[int, ...] = ()
+    request_id: str | None = None
+    management: bool = False
 
 
 @dataclass(frozen=True)
 class GrpcCall:
-    """One gRPC call to make: ``rpc`` names the stub method, ``management`` picks the channel."""
+    """One gRPC call to make: ``rpc`` names the stub method, ``management`` picks the channel (and key); a
+    prediction carries its request id in the input map (``request_id``), the same on every attempt."""
 
     rpc: Literal["Predictions", "StreamPredictions2", "Ping", "ListModels"]
     request: Any
@@ -185,6 +207,10 @@ class GrpcCall:
     timeout: float | None
     metadata: list[tuple[str, str]]
     management: bool = False
+    request_id: str | None = None
+
+
+C = TypeVar("C", RestCall, GrpcCall)
 
 
 def predictions_request(
@@ -216,16 +242,18 @@ class ClientCore:
         """The call for a prediction, explanation or description: ``options`` are checked against the option
         schema (:func:`codec.build_options`) and the image is encoded before anything is sent."""
         fields = codec.build_options(**options)
+        request_id = fields.get("request_id") or new_request_id()
         encoded = codec.encode_image(image) if image is not None else None
         deadline = self.settings.pick_timeout(timeout)
         if self.settings.pick_transport(transport) == "grpc":
-            request = predictions_request(model, version, encoded, fields)
-            return GrpcCall("Predictions", request, self.settings.grpc_target, deadline, self._metadata())
+            request = predictions_request(model, version, encoded, {**fields, "request_id": request_id})
+            target = self.settings.grpc_target
+            return GrpcCall("Predictions", request, target, deadline, self._metadata(), request_id=request_id)
         body = codec.rest_body(encoded, fields)
         auth = codec.auth_headers(self.settings.token)
-        headers = {**body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE, **auth}
+        headers = {**body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE, REQUEST_ID_HEADER: request_id, **auth}
         url = self.settings.url + codec.rest_path(model, version)
-        return RestCall("POST", url, body.content, headers, deadline)
+        return RestCall("POST", url, body.content, headers, deadline, request_id=request_id)
 
     def stream(
         self, image: Any, model: str, version: str | None, timeout: TimeoutArg, options: dict[str, Any]
@@ -258,6 +286,37 @@ class ClientCore:
     def _metadata(self) -> list[tuple[str, str]]:
         return codec.grpc_metadata(self.settings.token)
 
+    def attempts(self, call: C) -> Attempts[C]:
+        """The retry decisions for ``call``, over all its attempts."""
+        return Attempts(self, call)
+
+    def refresh_token(self, kind: KeyKind, stale: str | None) -> str | None:
+        """Re-read the key file after the server refused ``stale``: the new key of ``kind`` (also used by
+        every later call), or ``None`` when there is no key file or it still holds the refused key."""
+        from .auth import read_key_file
+
+        if self.settings.token_file is None:
+            return None
+        try:
+            fresh = read_key_file(self.settings.token_file, kind)
+        except Unauthorized as exc:
+            log.warning("re-reading the key file failed: %s", exc)
+            return None
+        if fresh == stale:
+            return None
+        field = "management_token" if kind == "management" else "token"
+        self.settings = replace(self.settings, **{field: fresh})
+        log.info("the server refused the %s key; re-read %s", kind, self.settings.token_file)
+        return fresh
+
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex digits; fits the ``request_id`` option's pattern)."""
+    return uuid.uuid4().hex
+
 
 class ModelPages:
     """Pages of the model list: :meth:`next_call` asks for the next page, :meth:`add` reads its answer, until
@@ -285,7 +344,7 @@ class ModelPages:
             target = self._settings.grpc_management_target
             return GrpcCall("ListModels", request, target, self._deadline, codec.grpc_metadata(token), True)
         url = f"{self._settings.management_url}/models?limit={self._limit}&next_page_token={page}"
-        return RestCall("GET", url, None, codec.auth_headers(token), self._deadline)
+        return RestCall("GET", url, None, codec.auth_headers(token), self._deadline, management=True)
 
     def add(self, reply: httpx.Response | management_pb2.ManagementResponse) -> None:
         """Read one page's answer."""
@@ -357,44 +416,95 @@ def grpc_error(exc: grpc.RpcError, target: str, deadline: float | None) -> CxrEx
     return error_from_grpc(code.name, details)
 
 
-class RestRetry:
-    """The retry decisions of one REST call: HTTP 503 and refused connections are retried with the policy's
-    backoff; any other failure raises at once. The client sends, then asks :meth:`after_response` or
-    :meth:`after_error` what to do: the answer to return, seconds to wait before sending again, or an
-    exception raised ``from`` the transport's."""
+def retry_outcome(error: CxrExplainClientError) -> Outcome | None:
+    """What a typed error means for retrying: an unavailable server or worker (503, gRPC UNAVAILABLE), a
+    worker that died handling this request (507, gRPC RESOURCE_EXHAUSTED "Worker died."), a refused key;
+    ``None``: the answer stands (4xx, 500, a full queue, a timeout)."""
+    if isinstance(error, Unauthorized):
+        return Outcome.UNAUTHORIZED
+    if error.status == 503 or error.grpc_code == "UNAVAILABLE":
+        return Outcome.UNAVAILABLE
+    if error.status == 507:
+        return Outcome.WORKER_DIED
+    return None
 
-    def __init__(self, call: RestCall, policy: RetryPolicy) -> None:
-        self._call = call
-        self._delays: Iterator[float] = policy.delays()
+
+class Attempts(Generic[C]):
+    """The retry decisions of one call over all its attempts, REST or gRPC, for both clients.
+
+    The client sends :attr:`call` (it changes only when a re-read key replaces the token; the request id
+    stays), then asks :meth:`after_response`, :meth:`after_rest_error` or :meth:`after_grpc_error` what to
+    do: the answer is final (``None``), or the seconds to wait before sending again; else the typed error is
+    raised ``from`` the transport's. The policy (which failures, how often, how long) is :mod:`._retry`'s.
+    """
+
+    def __init__(self, core: ClientCore, call: C) -> None:
+        self._core = core
+        self.call = call
+        self.state = RetryState(core.settings.policy)
 
     def after_response(self, resp: httpx.Response) -> float | None:
-        """``None`` when ``resp`` is the answer; else the wait before the retry. Raises the typed error."""
-        if resp.status_code < 400 or resp.status_code in self._call.ok:
+        """``None`` when ``resp`` (an HTTP answer) is the answer; else the wait before the retry."""
+        call = self.call
+        assert isinstance(call, RestCall)
+        if resp.status_code < 400 or resp.status_code in call.ok:
             return None
         cause = httpx.HTTPStatusError(f"HTTP {resp.status_code}", request=resp.request, response=resp)
         error = codec.http_error(resp.status_code, resp.content, resp.headers.get("content-type"))
-        if resp.status_code != 503:
-            raise error from cause
-        return self._wait(error, cause)
+        return self._retry(retry_outcome(error), error, cause)
 
-    def after_error(self, exc: httpx.TransportError) -> float:
-        """The wait before retrying a refused connection; raises the typed error for every other failure."""
+    def after_rest_error(self, exc: httpx.TransportError) -> float:
+        """The wait before retrying a refused, reset or dropped connection; raises for every other failure."""
+        call = self.call
+        assert isinstance(call, RestCall)
         if isinstance(exc, httpx.TimeoutException):
-            raise timeout_error(self._call.url, self._call.timeout) from exc
-        if isinstance(exc, httpx.ConnectError):
-            return self._wait(connection_error(self._call.url, exc), exc)
-        raise connection_error(self._call.url, exc) from exc
+            raise timeout_error(call.url, call.timeout) from exc
+        error = connection_error(call.url, exc)
+        lost = isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError)
+        return self._retry(Outcome.UNAVAILABLE if lost else None, error, exc)
 
-    def _wait(self, error: CxrExplainClientError, cause: Exception) -> float:
-        delay = next(self._delays, None)
+    def after_grpc_error(self, exc: grpc.RpcError) -> float:
+        """The wait before retrying a failed gRPC call; raises the typed error when it is not retried."""
+        call = self.call
+        assert isinstance(call, GrpcCall)
+        error = grpc_error(exc, call.target, call.timeout)
+        return self._retry(retry_outcome(error), error, exc)
+
+    def _retry(self, outcome: Outcome | None, error: CxrExplainClientError, cause: BaseException) -> float:
+        delay = self.state.next_delay(outcome) if outcome is not None else None
+        if delay is not None and outcome is Outcome.UNAUTHORIZED and not self._reauthorize():
+            delay = None
         if delay is None:
+            if self.state.attempts > 1:
+                log.warning("giving up on request %s after %d attempts in %.1f s: %s", self.call.request_id,
+                            self.state.attempts, self.state.elapsed(), error.message)
             raise error from cause
-        log.info("%s %s: %s; retrying in %.2f s", self._call.method, self._call.url, error.message, delay)
+        log.info("request %s: %s; retrying in %.2f s", self.call.request_id, error.message, delay)
         return delay
+
+    def _reauthorize(self) -> bool:
+        """Re-read the key file and put the new key into the call; ``False`` when there is no new key."""
+        call = self.call
+        if isinstance(call, RestCall):
+            used = next((v for k, v in call.headers.items() if k.lower() == "authorization"), None)
+        else:
+            used = next((v for k, v in call.metadata if k == "authorization"), None)
+        stale = used.removeprefix("Bearer ") if used else None
+        fresh = self._core.refresh_token("management" if call.management else "inference", stale)
+        if fresh is None:
+            return False
+        if isinstance(call, RestCall):
+            headers = {k: v for k, v in call.headers.items() if k.lower() != "authorization"}
+            self.call = replace(call, headers={**headers, **codec.auth_headers(fresh)})  # type: ignore[assignment]
+        else:
+            metadata = [(k, v) for k, v in call.metadata if k != "authorization"]
+            self.call = replace(call, metadata=metadata + codec.grpc_metadata(fresh))  # type: ignore[assignment]
+        return True
 
 
 __all__ = [
     "USE_CLIENT_DEFAULT",
+    "Attempts",
     "ClientBase",
     "ClientCore",
     "Settings",

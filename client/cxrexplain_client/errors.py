@@ -7,7 +7,9 @@ Where errors come from (TorchServe 0.12):
 - TorchServe's frontend, before the handler: ``{"code", "type", "message"}`` or an empty body. A wrong or
   expired token is a *400* with ``type: InvalidKeyException`` over REST and PERMISSION_DENIED over gRPC;
   an unknown model is a 404 over REST but INTERNAL with ``ModelNotFoundException`` in the details over gRPC;
-- the gRPC unary path drops the handler's per-row status, so the payload's ``error`` field carries it.
+- the gRPC unary path drops the handler's per-row status, so the payload's ``error`` field carries it;
+- a worker that dies while handling a request: HTTP 507 ``{"type": "InternalServerException", "message":
+  "Worker died."}``, over gRPC RESOURCE_EXHAUSTED with ``Worker died.`` in the details.
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ def parse_error_body(body: bytes) -> dict[str, Any]:
     return {k: doc[k] for k in ("code", "message", "type", "request_id") if k in doc}
 
 
+WORKER_DIED = "Worker died"  # TorchServe 0.12's message when the worker handling a request dies (HTTP 507)
+
 # gRPC status name -> the HTTP status it stands for (the inverse of TorchServe's GRPCUtils mapping).
 _GRPC_TO_HTTP = {
     "INVALID_ARGUMENT": 400,
@@ -205,6 +209,10 @@ def error_from_grpc(code_name: str, details: str | None) -> CxrExplainClientErro
             status, error_type = 503, "ServiceUnavailableException"
         elif "BadRequestException" in text:
             status, error_type = 400, "BadRequestException"
+    if code_name in ("RESOURCE_EXHAUSTED", "INTERNAL") and WORKER_DIED in text:
+        # The worker died handling this request: TorchServe 0.12 sends its HTTP 507 over gRPC as
+        # RESOURCE_EXHAUSTED "Worker died." (seen against a real server; not a full queue, not a size limit).
+        status, error_type = 507, "InternalServerException"
     elif code_name == "RESOURCE_EXHAUSTED" and ("larger than" in text or "too large" in text.lower()):
         status = 413  # a message over a size limit is the request's problem, not load
     if code_name == "DEADLINE_EXCEEDED":

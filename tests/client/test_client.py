@@ -722,7 +722,7 @@ def test_rest_health_models_describe_and_token_file(http_server: tuple[str, Http
 
 
 # --------------------------------------------------------------------------------------------------- gRPC
-def test_grpc_retries_from_service_config(grpc_server: tuple[str, Inference, Management]) -> None:
+def test_grpc_retries_unavailable_in_the_sdk(grpc_server: tuple[str, Inference, Management]) -> None:
     target, inference, _ = grpc_server
     inference.unavailable_first = 2
     with cx.ExplainClient(grpc_target=target, token="tok", retry_policy=FAST, transport="grpc") as client:
@@ -731,7 +731,9 @@ def test_grpc_retries_from_service_config(grpc_server: tuple[str, Inference, Man
     assert [c[0] for c in inference.calls] == ["Predictions"] * 3
     name, req, metadata = inference.calls[-1]
     assert req is not None and req.model_name == "m"
-    assert dict(req.input) == {"data": png_bytes(), "methods": b"cam", "targets": b"positive"}
+    request_id = req.input["request_id"]  # the SDK's id for the call, the same on every attempt
+    assert len(request_id) == 32 and {c[1].input["request_id"] for c in inference.calls} == {request_id}  # type: ignore[union-attr]
+    assert dict(req.input) == {"data": png_bytes(), "methods": b"cam", "targets": b"positive", "request_id": request_id}
     assert metadata["authorization"] == "Bearer tok"
 
 
@@ -799,7 +801,9 @@ def test_grpc_health_models_describe(grpc_server: tuple[str, Inference, Manageme
         desc = client.describe("m")
     assert management.requests[0].limit > 0
     assert desc.architecture == "densenet121"
-    assert dict(inference.calls[-1][1].input) == {"describe": b"true"}  # type: ignore[union-attr]
+    describe_input = dict(inference.calls[-1][1].input)  # type: ignore[union-attr]
+    assert describe_input == {"describe": b"true", "request_id": describe_input["request_id"]}
+    assert len(describe_input["request_id"]) == 32
 
 
 def test_grpc_stream_parts_in_order(grpc_server: tuple[str, Inference, Management]) -> None:
