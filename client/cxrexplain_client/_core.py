@@ -42,6 +42,7 @@ from .errors import (
     connection_error,
     error_from_grpc,
     timeout_error,
+    worker_died,
 )
 from .results import Health, ModelInfo, StreamPart
 
@@ -86,7 +87,7 @@ class Settings:
         return "grpc" if chosen == "grpc" else "rest"
 
     def channel_options(self) -> list[tuple[str, object]]:
-        """gRPC channel options: retries and message limits (the same for the sync and aio channels)."""
+        """gRPC channel options: reconnection backoff and message limits (the same for sync and aio)."""
         return grpc_channel_options(self.policy, self.max_message_bytes)
 
 
@@ -418,13 +419,13 @@ def grpc_error(exc: grpc.RpcError, target: str, deadline: float | None) -> CxrEx
 
 def retry_outcome(error: CxrExplainClientError) -> Outcome | None:
     """What a typed error means for retrying: an unavailable server or worker (503, gRPC UNAVAILABLE), a
-    worker that died handling this request (507, gRPC RESOURCE_EXHAUSTED "Worker died."), a refused key;
-    ``None``: the answer stands (4xx, 500, a full queue, a timeout)."""
+    worker that died handling this request (:func:`.errors.worker_died`: 507, or 500 "Worker died."), a
+    refused key; ``None``: the answer stands (other 4xx and 500s, a full queue, a timeout)."""
     if isinstance(error, Unauthorized):
         return Outcome.UNAUTHORIZED
     if error.status == 503 or error.grpc_code == "UNAVAILABLE":
         return Outcome.UNAVAILABLE
-    if error.status == 507:
+    if worker_died(error):
         return Outcome.WORKER_DIED
     return None
 

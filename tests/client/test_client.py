@@ -867,9 +867,12 @@ def test_grpc_stream_error_status(grpc_server: tuple[str, Inference, Management]
 
 
 # ------------------------------------------------------------------------------ retries: no call lost (#10)
+# What TorchServe 0.12 answers when the worker handling the call dies (seen against a real server): 507 when the
+# frontend has already seen the worker exit with 137 (SIGKILL), else 500; over gRPC RESOURCE_EXHAUSTED / INTERNAL.
 WORKER_DIED_REST = (507, JSON, _ts_error(507, "InternalServerException", "Worker died."))
-# What TorchServe 0.12 answers over gRPC when the worker handling the call dies (seen against a real server).
+WORKER_DIED_REST_500 = (500, JSON, _ts_error(500, "InternalServerException", "Worker died."))
 WORKER_DIED_GRPC = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Worker died.\norg.pytorch.serve.http.InternalServerException")
+WORKER_DIED_GRPC_500 = (grpc.StatusCode.INTERNAL, "Worker died.\norg.pytorch.serve.http.InternalServerException")
 UNAVAILABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, "Model cxr has no worker to serve inference request.")
 FAST_BUDGET = cx.RetryPolicy(initial_backoff=0.01, max_backoff=0.02, budget=2.0)
 
@@ -914,7 +917,10 @@ def test_rest_retries_503_507_and_reset_with_one_request_id(http_server: tuple[s
     state.script.extend([(503, {}, b""), (RESET, {}, b""), WORKER_DIED_REST, (RESET, {}, b"")])
     ex = _explain(mode, url=url, retry_policy=FAST_BUDGET)
     assert ex.request_id == "req-1"
-    ids = _request_ids(state)
+    state.script.append(WORKER_DIED_REST_500)  # the other form of a worker death
+    _explain(mode, url=url, retry_policy=FAST_BUDGET)
+    assert len(state.requests) == 7
+    ids = _request_ids(state)[:5]
     assert len(ids) == 5 and ids[0] is not None and len(ids[0]) == 32 and set(ids) == {ids[0]}
     assert len({r.body for r in state.requests}) == 1  # the same request every time
 
@@ -928,6 +934,11 @@ def test_rest_worker_death_is_retried_once(http_server: tuple[str, HttpState], m
     assert info.value.status == 507 and "Worker died" in str(info.value)
     assert len(state.requests) == 3  # the second worker death ends the call
     assert isinstance(info.value.__cause__, Exception)
+    state.requests.clear()
+    state.script.extend([WORKER_DIED_REST_500, WORKER_DIED_REST_500])
+    with pytest.raises(cx.ServerUnavailable) as second:
+        _explain(mode, url=url, retry_policy=FAST_BUDGET)
+    assert second.value.status == 500 and len(state.requests) == 2
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -958,6 +969,9 @@ def test_grpc_retries_unavailable_and_a_dead_worker_with_one_request_id(
     assert ex.request_id == "req-1"
     ids = {c[1].input["request_id"] for c in inference.calls}  # type: ignore[union-attr]
     assert len(inference.calls) == 4 and len(ids) == 1 and len(ids.pop()) == 32
+    inference.script.append(WORKER_DIED_GRPC_500)
+    _explain(mode, "grpc", grpc_target=target, retry_policy=FAST_BUDGET)
+    assert len(inference.calls) == 6
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -965,10 +979,10 @@ def test_grpc_worker_death_is_retried_once_and_a_full_queue_not_at_all(
     grpc_server: tuple[str, Inference, Management], mode: str
 ) -> None:
     target, inference, _ = grpc_server
-    inference.script.extend([WORKER_DIED_GRPC, WORKER_DIED_GRPC])
+    inference.script.extend([WORKER_DIED_GRPC, WORKER_DIED_GRPC_500])
     with pytest.raises(cx.ServerUnavailable) as info:
         _explain(mode, "grpc", grpc_target=target, retry_policy=FAST_BUDGET)
-    assert info.value.status == 507 and info.value.grpc_code == "RESOURCE_EXHAUSTED"
+    assert info.value.status == 500 and info.value.grpc_code == "INTERNAL"
     assert len(inference.calls) == 2 and isinstance(info.value.__cause__, grpc.RpcError)
     inference.calls.clear()
     inference.script.append((grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"))  # load, not a dead worker
