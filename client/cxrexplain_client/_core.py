@@ -469,7 +469,10 @@ class Attempts(Generic[C]):
         call = self.call
         assert isinstance(call, GrpcCall)
         error = grpc_error(exc, call.target, call.timeout)
-        return self._retry(retry_outcome(error), error, exc)
+        code = exc.code() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else None
+        # UNAVAILABLE, also "failed to connect" (raised as a connection error without a gRPC code)
+        outcome = Outcome.UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else retry_outcome(error)
+        return self._retry(outcome, error, exc)
 
     def _retry(self, outcome: Outcome | None, error: CxrExplainClientError, cause: BaseException) -> float:
         delay = self.state.next_delay(outcome) if outcome is not None else None

@@ -926,6 +926,44 @@ def test_rest_retries_503_507_and_reset_with_one_request_id(http_server: tuple[s
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_a_server_that_starts_late_is_waited_for(mode: str, transport: str) -> None:
+    with socket.socket() as s:  # a port nothing listens on yet: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state, inference = HttpState(), Inference()
+    started: list[Any] = []
+
+    def start_later() -> None:
+        time.sleep(0.3)  # the frontend restarting
+        if transport == "rest":
+            http = ThreadingHTTPServer(("127.0.0.1", port), _handler(state))
+            threading.Thread(target=http.serve_forever, daemon=True).start()
+            started.append(http)
+        else:
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(inference, server)
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            server.start()
+            started.append(server)
+
+    threading.Thread(target=start_later, daemon=True).start()
+    try:
+        ex = _explain(mode, transport, url=f"http://127.0.0.1:{port}", grpc_target=f"127.0.0.1:{port}",
+                      retry_policy=FAST_BUDGET)
+    finally:
+        time.sleep(0.35)
+        for server in started:
+            if isinstance(server, ThreadingHTTPServer):
+                server.shutdown()
+                server.server_close()
+            else:
+                server.stop(grace=None)
+    assert ex.request_id == "req-1"
+    assert len(state.requests if transport == "rest" else inference.calls) == 1  # refusals never reached it
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_rest_worker_death_is_retried_once(http_server: tuple[str, HttpState], mode: str) -> None:
     url, state = http_server
     state.script.extend([WORKER_DIED_REST, (503, {}, b""), WORKER_DIED_REST])  # a poison image, twice deadly
