@@ -1,10 +1,10 @@
 """The client core: what :class:`ExplainClient` and :class:`AsyncExplainClient` share.
 
 Settings, request building (:class:`RestCall` / :class:`GrpcCall`: what to send, where, with which deadline,
-token and request id), response parsing, error mapping, the retry decisions of both transports
-(:class:`Attempts`, over :mod:`._retry`'s policy) and the paging of the model list live here, with no network
-I/O; each client only sends the calls and waits (blocking or awaiting), as tritonclient's sync and aio
-clients share their request building and response parsing.
+token and request id), response parsing, error mapping and the paging of the model list live here (the retry
+decisions next door, in :mod:`._attempts`), with no network I/O; each client only sends the calls and waits
+(blocking or awaiting), as tritonclient's sync and aio clients share their request building and response
+parsing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
@@ -25,14 +25,7 @@ from google.protobuf import empty_pb2
 
 from . import codec
 from ._proto import explain_pb2, inference_pb2, management_pb2
-from ._retry import (
-    USE_CLIENT_DEFAULT,
-    Outcome,
-    RetryPolicy,
-    RetryState,
-    _UseClientDefault,
-    grpc_channel_options,
-)
+from ._retry import USE_CLIENT_DEFAULT, RetryPolicy, _UseClientDefault, grpc_channel_options
 from .auth import KeyKind
 from .errors import (
     GRPC_CODE_NAMES,
@@ -42,7 +35,6 @@ from .errors import (
     connection_error,
     error_from_grpc,
     timeout_error,
-    worker_died,
 )
 from .results import Health, ModelInfo, StreamPart
 
@@ -211,9 +203,6 @@ class GrpcCall:
     request_id: str | None = None
 
 
-C = TypeVar("C", RestCall, GrpcCall)
-
-
 def predictions_request(
     model: str, version: str | None, image: codec.EncodedImage | None, fields: Mapping[str, str]
 ) -> inference_pb2.PredictionsRequest:
@@ -287,10 +276,6 @@ class ClientCore:
     def _metadata(self) -> list[tuple[str, str]]:
         return codec.grpc_metadata(self.settings.token)
 
-    def attempts(self, call: C) -> Attempts[C]:
-        """The retry decisions for ``call``, over all its attempts."""
-        return Attempts(self, call)
-
     def refresh_token(self, kind: KeyKind, stale: str | None) -> str | None:
         """Re-read the key file after the server refused ``stale``: the new key of ``kind`` (also used by
         every later call), or ``None`` when there is no key file or it still holds the refused key."""
@@ -305,8 +290,10 @@ class ClientCore:
             return None
         if fresh == stale:
             return None
-        field = "management_token" if kind == "management" else "token"
-        self.settings = replace(self.settings, **{field: fresh})
+        if kind == "management":
+            self.settings = replace(self.settings, management_token=fresh)
+        else:
+            self.settings = replace(self.settings, token=fresh)
         log.info("the server refused the %s key; re-read %s", kind, self.settings.token_file)
         return fresh
 
@@ -417,98 +404,8 @@ def grpc_error(exc: grpc.RpcError, target: str, deadline: float | None) -> CxrEx
     return error_from_grpc(code.name, details)
 
 
-def retry_outcome(error: CxrExplainClientError) -> Outcome | None:
-    """What a typed error means for retrying: an unavailable server or worker (503, gRPC UNAVAILABLE), a
-    worker that died handling this request (:func:`.errors.worker_died`: 507, or 500 "Worker died."), a
-    refused key; ``None``: the answer stands (other 4xx and 500s, a full queue, a timeout)."""
-    if isinstance(error, Unauthorized):
-        return Outcome.UNAUTHORIZED
-    if error.status == 503 or error.grpc_code == "UNAVAILABLE":
-        return Outcome.UNAVAILABLE
-    if worker_died(error):
-        return Outcome.WORKER_DIED
-    return None
-
-
-class Attempts(Generic[C]):
-    """The retry decisions of one call over all its attempts, REST or gRPC, for both clients.
-
-    The client sends :attr:`call` (it changes only when a re-read key replaces the token; the request id
-    stays), then asks :meth:`after_response`, :meth:`after_rest_error` or :meth:`after_grpc_error` what to
-    do: the answer is final (``None``), or the seconds to wait before sending again; else the typed error is
-    raised ``from`` the transport's. The policy (which failures, how often, how long) is :mod:`._retry`'s.
-    """
-
-    def __init__(self, core: ClientCore, call: C) -> None:
-        self._core = core
-        self.call = call
-        self.state = RetryState(core.settings.policy)
-
-    def after_response(self, resp: httpx.Response) -> float | None:
-        """``None`` when ``resp`` (an HTTP answer) is the answer; else the wait before the retry."""
-        call = self.call
-        assert isinstance(call, RestCall)
-        if resp.status_code < 400 or resp.status_code in call.ok:
-            return None
-        cause = httpx.HTTPStatusError(f"HTTP {resp.status_code}", request=resp.request, response=resp)
-        error = codec.http_error(resp.status_code, resp.content, resp.headers.get("content-type"))
-        return self._retry(retry_outcome(error), error, cause)
-
-    def after_rest_error(self, exc: httpx.TransportError) -> float:
-        """The wait before retrying a refused, reset or dropped connection; raises for every other failure."""
-        call = self.call
-        assert isinstance(call, RestCall)
-        if isinstance(exc, httpx.TimeoutException):
-            raise timeout_error(call.url, call.timeout) from exc
-        error = connection_error(call.url, exc)
-        lost = isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError)
-        return self._retry(Outcome.UNAVAILABLE if lost else None, error, exc)
-
-    def after_grpc_error(self, exc: grpc.RpcError) -> float:
-        """The wait before retrying a failed gRPC call; raises the typed error when it is not retried."""
-        call = self.call
-        assert isinstance(call, GrpcCall)
-        error = grpc_error(exc, call.target, call.timeout)
-        code = exc.code() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else None
-        # UNAVAILABLE, also "failed to connect" (raised as a connection error without a gRPC code)
-        outcome = Outcome.UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else retry_outcome(error)
-        return self._retry(outcome, error, exc)
-
-    def _retry(self, outcome: Outcome | None, error: CxrExplainClientError, cause: BaseException) -> float:
-        delay = self.state.next_delay(outcome) if outcome is not None else None
-        if delay is not None and outcome is Outcome.UNAUTHORIZED and not self._reauthorize():
-            delay = None
-        if delay is None:
-            if self.state.attempts > 1:
-                log.warning("giving up on request %s after %d attempts in %.1f s: %s", self.call.request_id,
-                            self.state.attempts, self.state.elapsed(), error.message)
-            raise error from cause
-        log.info("request %s: %s; retrying in %.2f s", self.call.request_id, error.message, delay)
-        return delay
-
-    def _reauthorize(self) -> bool:
-        """Re-read the key file and put the new key into the call; ``False`` when there is no new key."""
-        call = self.call
-        if isinstance(call, RestCall):
-            used = next((v for k, v in call.headers.items() if k.lower() == "authorization"), None)
-        else:
-            used = next((v for k, v in call.metadata if k == "authorization"), None)
-        stale = used.removeprefix("Bearer ") if used else None
-        fresh = self._core.refresh_token("management" if call.management else "inference", stale)
-        if fresh is None:
-            return False
-        if isinstance(call, RestCall):
-            headers = {k: v for k, v in call.headers.items() if k.lower() != "authorization"}
-            self.call = replace(call, headers={**headers, **codec.auth_headers(fresh)})  # type: ignore[assignment]
-        else:
-            metadata = [(k, v) for k, v in call.metadata if k != "authorization"]
-            self.call = replace(call, metadata=metadata + codec.grpc_metadata(fresh))  # type: ignore[assignment]
-        return True
-
-
 __all__ = [
     "USE_CLIENT_DEFAULT",
-    "Attempts",
     "ClientBase",
     "ClientCore",
     "Settings",

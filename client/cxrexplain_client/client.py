@@ -13,6 +13,7 @@ import grpc
 import httpx
 
 from . import codec
+from ._attempts import Attempts
 from ._core import (
     ClientBase,
     GrpcCall,
@@ -273,7 +274,7 @@ class ExplainClient(ClientBase):
             if call.management
             else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         )
-        attempts = self._core.attempts(call)
+        attempts = Attempts(self._core, call)
         while True:
             sent = attempts.call
             try:
@@ -283,7 +284,7 @@ class ExplainClient(ClientBase):
             time.sleep(delay)
 
     def _rest(self, call: RestCall) -> httpx.Response:
-        attempts = self._core.attempts(call)
+        attempts = Attempts(self._core, call)
         while True:
             sent = attempts.call
             try:

@@ -17,6 +17,7 @@ import grpc.aio
 import httpx
 
 from .. import codec
+from .._attempts import Attempts
 from .._core import (
     ClientBase,
     GrpcCall,
@@ -180,7 +181,7 @@ class AsyncExplainClient(ClientBase):
             if call.management
             else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         )
-        attempts = self._core.attempts(call)
+        attempts = Attempts(self._core, call)
         while True:
             sent = attempts.call
             try:
@@ -191,7 +192,7 @@ class AsyncExplainClient(ClientBase):
             await asyncio.sleep(delay)
 
     async def _rest(self, call: RestCall) -> httpx.Response:
-        attempts = self._core.attempts(call)
+        attempts = Attempts(self._core, call)
         while True:
             sent = attempts.call
             try:
