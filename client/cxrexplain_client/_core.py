@@ -1,9 +1,10 @@
 """The client core: what :class:`ExplainClient` and :class:`AsyncExplainClient` share.
 
-Settings, request building (:class:`RestCall` / :class:`GrpcCall`: what to send, where, with which deadline
-and token), response parsing, error mapping, the REST retry decisions and the paging of the model list live
-here, with no network I/O; each client only sends the calls and waits (blocking or awaiting), as
-tritonclient's sync and aio clients share their request building and response parsing.
+Settings, request building (:class:`RestCall` / :class:`GrpcCall`: what to send, where, with which deadline,
+token and request id), response parsing, error mapping and the paging of the model list live here (the retry
+decisions next door, in :mod:`._attempts`), with no network I/O; each client only sends the calls and waits
+(blocking or awaiting), as tritonclient's sync and aio clients share their request building and response
+parsing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import grpc
@@ -25,10 +26,12 @@ from google.protobuf import empty_pb2
 from . import codec
 from ._proto import explain_pb2, inference_pb2, management_pb2
 from ._retry import USE_CLIENT_DEFAULT, RetryPolicy, _UseClientDefault, grpc_channel_options
+from .auth import KeyKind
 from .errors import (
     GRPC_CODE_NAMES,
     CxrExplainClientError,
     InvalidInput,
+    Unauthorized,
     connection_error,
     error_from_grpc,
     timeout_error,
@@ -59,6 +62,7 @@ class Settings:
     grpc_management_target: str
     token: str | None
     management_token: str | None
+    token_file: str | os.PathLike[str] | None
     timeout: float | None
     policy: RetryPolicy
     transport: Transport
@@ -75,7 +79,7 @@ class Settings:
         return "grpc" if chosen == "grpc" else "rest"
 
     def channel_options(self) -> list[tuple[str, object]]:
-        """gRPC channel options: retries and message limits (the same for the sync and aio channels)."""
+        """gRPC channel options: reconnection backoff and message limits (the same for sync and aio)."""
         return grpc_channel_options(self.policy, self.max_message_bytes)
 
 
@@ -88,7 +92,7 @@ def make_settings(
     token_file: str | os.PathLike[str] | None,
     management_token: str | None,
     timeout: float | None,
-    retries: int,
+    retries: int | None,
     retry_policy: RetryPolicy | None,
     transport: str,
     max_message_bytes: int,
@@ -112,6 +116,7 @@ def make_settings(
         grpc_management_target=grpc_management_target,
         token=inference_token,
         management_token=mgmt or resolve_token(None, None, "management") or inference_token,
+        token_file=token_file,
         timeout=timeout,
         policy=policy,
         transport="grpc" if transport == "grpc" else "rest",
@@ -135,12 +140,12 @@ class ClientBase(ABC):
         grpc_management_target: str = DEFAULT_GRPC_MANAGEMENT_TARGET,
         management_token: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
-        retries: int = 3,
+        retries: int | None = None,
         retry_policy: RetryPolicy | None = None,
         transport: str = "rest",
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        self.settings: Settings = make_settings(
+        settings = make_settings(
             url,
             grpc_target,
             management_url,
@@ -154,8 +159,13 @@ class ClientBase(ABC):
             transport,
             max_message_bytes,
         )
-        self._core = ClientCore(self.settings)
+        self._core = ClientCore(settings)
         self._open()
+
+    @property
+    def settings(self) -> Settings:
+        """The client's settings (the tokens change when the key file is re-read)."""
+        return self._core.settings
 
     @abstractmethod
     def _open(self) -> None:
@@ -165,7 +175,9 @@ class ClientBase(ABC):
 # ------------------------------------------------------------------------------------------------ calls
 @dataclass(frozen=True)
 class RestCall:
-    """One HTTP request to make: headers include the token; ``ok`` lists error statuses that are answers."""
+    """One HTTP request to make: headers include the token (the ``management`` key when ``management``) and
+    the request id (``X-Request-Id``, the same on every attempt); ``ok`` lists error statuses that are
+    answers."""
 
     method: str
     url: str
@@ -173,11 +185,14 @@ class RestCall:
     headers: dict[str, str]
     timeout: float | None
     ok: tuple[int, ...] = ()
+    request_id: str | None = None
+    management: bool = False
 
 
 @dataclass(frozen=True)
 class GrpcCall:
-    """One gRPC call to make: ``rpc`` names the stub method, ``management`` picks the channel."""
+    """One gRPC call to make: ``rpc`` names the stub method, ``management`` picks the channel (and key); a
+    prediction carries its request id in the input map (``request_id``), the same on every attempt."""
 
     rpc: Literal["Predictions", "StreamPredictions2", "Ping", "ListModels"]
     request: Any
@@ -185,6 +200,7 @@ class GrpcCall:
     timeout: float | None
     metadata: list[tuple[str, str]]
     management: bool = False
+    request_id: str | None = None
 
 
 def predictions_request(
@@ -216,16 +232,18 @@ class ClientCore:
         """The call for a prediction, explanation or description: ``options`` are checked against the option
         schema (:func:`codec.build_options`) and the image is encoded before anything is sent."""
         fields = codec.build_options(**options)
+        request_id = fields.get("request_id") or new_request_id()
         encoded = codec.encode_image(image) if image is not None else None
         deadline = self.settings.pick_timeout(timeout)
         if self.settings.pick_transport(transport) == "grpc":
-            request = predictions_request(model, version, encoded, fields)
-            return GrpcCall("Predictions", request, self.settings.grpc_target, deadline, self._metadata())
+            request = predictions_request(model, version, encoded, {**fields, "request_id": request_id})
+            target = self.settings.grpc_target
+            return GrpcCall("Predictions", request, target, deadline, self._metadata(), request_id=request_id)
         body = codec.rest_body(encoded, fields)
         auth = codec.auth_headers(self.settings.token)
-        headers = {**body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE, **auth}
+        headers = {**body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE, REQUEST_ID_HEADER: request_id, **auth}
         url = self.settings.url + codec.rest_path(model, version)
-        return RestCall("POST", url, body.content, headers, deadline)
+        return RestCall("POST", url, body.content, headers, deadline, request_id=request_id)
 
     def stream(
         self, image: Any, model: str, version: str | None, timeout: TimeoutArg, options: dict[str, Any]
@@ -258,6 +276,35 @@ class ClientCore:
     def _metadata(self) -> list[tuple[str, str]]:
         return codec.grpc_metadata(self.settings.token)
 
+    def refresh_token(self, kind: KeyKind, stale: str | None) -> str | None:
+        """Re-read the key file after the server refused ``stale``: the new key of ``kind`` (also used by
+        every later call), or ``None`` when there is no key file or it still holds the refused key."""
+        from .auth import read_key_file
+
+        if self.settings.token_file is None:
+            return None
+        try:
+            fresh = read_key_file(self.settings.token_file, kind)
+        except Unauthorized as exc:
+            log.warning("re-reading the key file failed: %s", exc)
+            return None
+        if fresh == stale:
+            return None
+        if kind == "management":
+            self.settings = replace(self.settings, management_token=fresh)
+        else:
+            self.settings = replace(self.settings, token=fresh)
+        log.info("the server refused the %s key; re-read %s", kind, self.settings.token_file)
+        return fresh
+
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex digits; fits the ``request_id`` option's pattern)."""
+    return uuid.uuid4().hex
+
 
 class ModelPages:
     """Pages of the model list: :meth:`next_call` asks for the next page, :meth:`add` reads its answer, until
@@ -285,7 +332,7 @@ class ModelPages:
             target = self._settings.grpc_management_target
             return GrpcCall("ListModels", request, target, self._deadline, codec.grpc_metadata(token), True)
         url = f"{self._settings.management_url}/models?limit={self._limit}&next_page_token={page}"
-        return RestCall("GET", url, None, codec.auth_headers(token), self._deadline)
+        return RestCall("GET", url, None, codec.auth_headers(token), self._deadline, management=True)
 
     def add(self, reply: httpx.Response | management_pb2.ManagementResponse) -> None:
         """Read one page's answer."""
@@ -355,42 +402,6 @@ def grpc_error(exc: grpc.RpcError, target: str, deadline: float | None) -> CxrEx
     if code == grpc.StatusCode.UNAVAILABLE and details and "connect" in details.lower():
         return connection_error(target, exc)
     return error_from_grpc(code.name, details)
-
-
-class RestRetry:
-    """The retry decisions of one REST call: HTTP 503 and refused connections are retried with the policy's
-    backoff; any other failure raises at once. The client sends, then asks :meth:`after_response` or
-    :meth:`after_error` what to do: the answer to return, seconds to wait before sending again, or an
-    exception raised ``from`` the transport's."""
-
-    def __init__(self, call: RestCall, policy: RetryPolicy) -> None:
-        self._call = call
-        self._delays: Iterator[float] = policy.delays()
-
-    def after_response(self, resp: httpx.Response) -> float | None:
-        """``None`` when ``resp`` is the answer; else the wait before the retry. Raises the typed error."""
-        if resp.status_code < 400 or resp.status_code in self._call.ok:
-            return None
-        cause = httpx.HTTPStatusError(f"HTTP {resp.status_code}", request=resp.request, response=resp)
-        error = codec.http_error(resp.status_code, resp.content, resp.headers.get("content-type"))
-        if resp.status_code != 503:
-            raise error from cause
-        return self._wait(error, cause)
-
-    def after_error(self, exc: httpx.TransportError) -> float:
-        """The wait before retrying a refused connection; raises the typed error for every other failure."""
-        if isinstance(exc, httpx.TimeoutException):
-            raise timeout_error(self._call.url, self._call.timeout) from exc
-        if isinstance(exc, httpx.ConnectError):
-            return self._wait(connection_error(self._call.url, exc), exc)
-        raise connection_error(self._call.url, exc) from exc
-
-    def _wait(self, error: CxrExplainClientError, cause: Exception) -> float:
-        delay = next(self._delays, None)
-        if delay is None:
-            raise error from cause
-        log.info("%s %s: %s; retrying in %.2f s", self._call.method, self._call.url, error.message, delay)
-        return delay
 
 
 __all__ = [

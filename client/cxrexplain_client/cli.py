@@ -109,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         "--token-file", help="TorchServe key_file.json (its inference/management keys are used)"
     )
     conn.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default %(default)s)")
-    conn.add_argument("--retries", type=int, default=3, help="retries when the server is unavailable")
+    conn.add_argument(
+        "--retries", type=int, default=None, help="most retries of a lost call (default: within 60 s)"
+    )
     conn.add_argument("-v", "--verbose", action="store_true", help="log requests and retries")
 
     parser = argparse.ArgumentParser(

@@ -13,11 +13,11 @@ import grpc
 import httpx
 
 from . import codec
+from ._attempts import Attempts
 from ._core import (
     ClientBase,
     GrpcCall,
     RestCall,
-    RestRetry,
     TimeoutArg,
     explain_payload,
     grpc_error,
@@ -56,9 +56,10 @@ class ExplainClient(ClientBase):
     timeout
         Seconds per call (``None``: no limit). Each method also takes ``timeout=``.
     retries
-        Retries on an unavailable / overloaded server (HTTP 503, gRPC UNAVAILABLE, refused connection).
+        Most retries of a call whose answer was lost (HTTP 503 and 507, a refused or reset connection, gRPC
+        UNAVAILABLE and a dead worker); default ``None``: as many as the 60 s budget allows; 0: none.
     retry_policy
-        Full control over the backoff; overrides ``retries``.
+        Full control over the backoff and the budget (:class:`RetryPolicy`); overrides ``retries``.
     transport
         Default transport for calls that do not name one: ``"rest"`` or ``"grpc"``.
 
@@ -273,22 +274,27 @@ class ExplainClient(ClientBase):
             if call.management
             else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         )
-        try:
-            return getattr(stub, call.rpc)(call.request, timeout=call.timeout, metadata=call.metadata)
-        except grpc.RpcError as exc:
-            raise grpc_error(exc, call.target, call.timeout) from exc
+        attempts = Attempts(self._core, call)
+        while True:
+            sent = attempts.call
+            try:
+                return getattr(stub, sent.rpc)(sent.request, timeout=sent.timeout, metadata=sent.metadata)
+            except grpc.RpcError as exc:
+                delay = attempts.after_grpc_error(exc)
+            time.sleep(delay)
 
     def _rest(self, call: RestCall) -> httpx.Response:
-        retry = RestRetry(call, self.settings.policy)
+        attempts = Attempts(self._core, call)
         while True:
+            sent = attempts.call
             try:
                 resp = self._http.request(
-                    call.method, call.url, content=call.content, headers=call.headers, timeout=call.timeout
+                    sent.method, sent.url, content=sent.content, headers=sent.headers, timeout=sent.timeout
                 )
             except httpx.TransportError as exc:
-                delay = retry.after_error(exc)
+                delay = attempts.after_rest_error(exc)
             else:
-                wait = retry.after_response(resp)
+                wait = attempts.after_response(resp)
                 if wait is None:
                     return resp
                 delay = wait

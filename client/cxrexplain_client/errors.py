@@ -7,7 +7,11 @@ Where errors come from (TorchServe 0.12):
 - TorchServe's frontend, before the handler: ``{"code", "type", "message"}`` or an empty body. A wrong or
   expired token is a *400* with ``type: InvalidKeyException`` over REST and PERMISSION_DENIED over gRPC;
   an unknown model is a 404 over REST but INTERNAL with ``ModelNotFoundException`` in the details over gRPC;
-- the gRPC unary path drops the handler's per-row status, so the payload's ``error`` field carries it.
+- the gRPC unary path drops the handler's per-row status, so the payload's ``error`` field carries it;
+- a worker that dies while handling a request: ``{"type": "InternalServerException", "message": "Worker
+  died."}`` with HTTP 507 when the frontend has already seen the worker's exit status 137 (SIGKILL, the OOM
+  killer), else with 500; over gRPC the same as RESOURCE_EXHAUSTED or INTERNAL with ``Worker died.`` and
+  ``InternalServerException`` in the details (both seen against a real TorchServe 0.12).
 """
 
 from __future__ import annotations
@@ -109,6 +113,17 @@ def _class_for_http(status: int, error_type: str | None) -> type[CxrExplainClien
     return CxrExplainClientError
 
 
+def _worker_died(status: int, error_type: str | None, message: str | None) -> bool:
+    return status == 507 or (
+        status == 500 and error_type == "InternalServerException" and (message or "").startswith(WORKER_DIED)
+    )
+
+
+def worker_died(error: CxrExplainClientError) -> bool:
+    """Whether ``error`` is TorchServe's answer to a request whose worker died while handling it."""
+    return error.status is not None and _worker_died(error.status, error.error_type, error.message)
+
+
 def error_from_fields(
     status: int,
     message: str | None,
@@ -117,7 +132,8 @@ def error_from_fields(
     grpc_code: str | None = None,
 ) -> CxrExplainClientError:
     """Build the typed exception for an HTTP-like status and the server's message."""
-    cls = _class_for_http(status, error_type)
+    dead = _worker_died(status, error_type, message)
+    cls = ServerUnavailable if dead else _class_for_http(status, error_type)
     text = message or f"HTTP {status}"
     hint = _HINTS.get(cls)
     if hint and hint not in text:
@@ -147,6 +163,8 @@ def parse_error_body(body: bytes) -> dict[str, Any]:
         return {"message": doc["error"], "code": doc.get("code")}
     return {k: doc[k] for k in ("code", "message", "type", "request_id") if k in doc}
 
+
+WORKER_DIED = "Worker died."  # TorchServe 0.12's message when the worker handling a request dies
 
 # gRPC status name -> the HTTP status it stands for (the inverse of TorchServe's GRPCUtils mapping).
 _GRPC_TO_HTTP = {
@@ -205,6 +223,11 @@ def error_from_grpc(code_name: str, details: str | None) -> CxrExplainClientErro
             status, error_type = 503, "ServiceUnavailableException"
         elif "BadRequestException" in text:
             status, error_type = 400, "BadRequestException"
+    dead = text.startswith(WORKER_DIED) and "InternalServerException" in text
+    if code_name in ("RESOURCE_EXHAUSTED", "INTERNAL") and dead:
+        # The worker died handling this request: TorchServe 0.12's 507 / 500 "Worker died." over gRPC (seen
+        # against a real server). Not a full queue, not a size limit.
+        status, error_type = (507 if code_name == "RESOURCE_EXHAUSTED" else 500), "InternalServerException"
     elif code_name == "RESOURCE_EXHAUSTED" and ("larger than" in text or "too large" in text.lower()):
         status = 413  # a message over a size limit is the request's problem, not load
     if code_name == "DEADLINE_EXCEEDED":

@@ -17,11 +17,11 @@ import grpc.aio
 import httpx
 
 from .. import codec
+from .._attempts import Attempts
 from .._core import (
     ClientBase,
     GrpcCall,
     RestCall,
-    RestRetry,
     TimeoutArg,
     explain_payload,
     grpc_error,
@@ -181,22 +181,28 @@ class AsyncExplainClient(ClientBase):
             if call.management
             else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         )
-        try:
-            return await getattr(stub, call.rpc)(call.request, timeout=call.timeout, metadata=call.metadata)
-        except grpc.RpcError as exc:
-            raise grpc_error(exc, call.target, call.timeout) from exc
+        attempts = Attempts(self._core, call)
+        while True:
+            sent = attempts.call
+            try:
+                rpc = getattr(stub, sent.rpc)
+                return await rpc(sent.request, timeout=sent.timeout, metadata=sent.metadata)
+            except grpc.RpcError as exc:
+                delay = attempts.after_grpc_error(exc)
+            await asyncio.sleep(delay)
 
     async def _rest(self, call: RestCall) -> httpx.Response:
-        retry = RestRetry(call, self.settings.policy)
+        attempts = Attempts(self._core, call)
         while True:
+            sent = attempts.call
             try:
                 resp = await self._http.request(
-                    call.method, call.url, content=call.content, headers=call.headers, timeout=call.timeout
+                    sent.method, sent.url, content=sent.content, headers=sent.headers, timeout=sent.timeout
                 )
             except httpx.TransportError as exc:
-                delay = retry.after_error(exc)
+                delay = attempts.after_rest_error(exc)
             else:
-                wait = retry.after_response(resp)
+                wait = attempts.after_response(resp)
                 if wait is None:
                     return resp
                 delay = wait
