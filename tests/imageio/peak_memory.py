@@ -51,6 +51,38 @@ def large_jpeg(side: int = SIDE) -> bytes:
     return buf.getvalue()
 
 
+def rgba_png(side: int = SIDE) -> bytes:
+    row = bytes(range(256)) * (side * 4 // 256) + bytes(side * 4 % 256)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)
+    z = zlib.compressobj(6)
+    idat = b"".join([z.compress(b"\x00" + row) for _ in range(side)] + [z.flush()])
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def windowed_dicom(rows: int = 5600, cols: int = 5600) -> bytes:
+    """An uncompressed 16-bit MONOCHROME1 DX with rescale and a window, just under the 64 MiB body cap."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.WindowCenter, ds.WindowWidth = 1000, 1500
+    yy, xx = np.ogrid[0:rows, 0:cols]
+    ds.PixelData = ((2048 + 1500 * np.sin(xx / 90.0) * np.cos(yy / 70.0)).astype(np.uint16)).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def deflated_dicom(side: int = DEFLATED_SIDE) -> bytes:
     """A 16-bit DX in Deflated Explicit VR Little Endian whose pixel data (zeros) is ``side`` x ``side``."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -93,6 +125,8 @@ CASES: dict[str, Callable[[], tuple[bytes, str]]] = {
     "png16": lambda: (zero_png(depth=16), "image/png"),
     "jpeg": lambda: (large_jpeg(), "image/jpeg"),
     "dicom_deflated": lambda: (deflated_dicom(), "application/dicom"),
+    "png_rgba": lambda: (rgba_png(), "image/png"),
+    "dicom_windowed": lambda: (windowed_dicom(), "application/dicom"),
 }
 
 
@@ -130,7 +164,8 @@ def measure(case: str, model_size: int) -> dict[str, object]:
 
     data, content_type = CASES[case]()
     small = {"png8": zero_png(64), "png16": zero_png(64, 16), "jpeg": large_jpeg(64),
-             "dicom_deflated": deflated_dicom(64)}[case]
+             "dicom_deflated": deflated_dicom(64), "png_rgba": rgba_png(64),
+             "dicom_windowed": windowed_dicom(64, 64)}[case]
     run(small, content_type)  # lazy imports and decoder set-up are not the request's cost
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
