@@ -26,10 +26,12 @@ def check_size(height: int, width: int, max_pixels: int, what: str) -> None:
 
 
 def finish(pixels: np.ndarray) -> np.ndarray:
-    pixels = np.asarray(pixels, dtype=np.float32)
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     if not np.isfinite(pixels).all():
         raise InvalidInput("the decoded image contains NaN or Inf values: send finite pixel values")
-    return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0))
+    if not pixels.flags.writeable:
+        pixels = pixels.copy()
+    return np.clip(pixels, 0.0, 1.0, out=pixels)  # in place: the decoders' arrays are their own
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from cxrexplain.errors import CxrExplainError, InvalidInput, UnsupportedMediaType
 
-from .checks import check_size, finish, luma, reduce_by_strips, reduction_factor
+from .checks import STRIP_SAMPLES, check_size, finish, luma, reduce_by_strips, reduction_factor
 from .dicom import DEFAULT_MODALITIES, decode_dicom, quiet_pydicom
 
 Kind = Literal["png", "jpeg", "dicom", "npy"]
@@ -176,8 +176,14 @@ def _decode_pil(
                 factor = reduction_factor(height, width, target_size)
                 scale = _jpeg_draft(im, width, height, factor) if kind == "jpeg" else 1
                 im.load()
-                arr = _pil_reduced(im, depth, factor // scale) if factor // scale > 1 else _pil_to_unit(im, depth)
-                factor = scale * max(1, factor // scale)
+                factor = max(1, factor // scale)
+                # Strips also at factor 1 for a large image (a long thin one keeps its full resolution): one
+                # float32 output instead of a full-size float64 copy.
+                if factor > 1 or im.size[0] * im.size[1] > STRIP_SAMPLES:
+                    arr = _pil_reduced(im, depth, factor)
+                else:
+                    arr = _pil_to_unit(im, depth)
+                factor *= scale
     except CxrExplainError:
         raise
     except Image.DecompressionBombError:
@@ -231,7 +237,9 @@ def _pil_to_unit(im: Image.Image, png_depth: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- NPY
 
 
-def _decode_npy(data: bytes, max_pixels: int, value_range: tuple[float, float] | None) -> tuple[np.ndarray, int]:
+def _decode_npy(
+    data: bytes, max_pixels: int, value_range: tuple[float, float] | None, target_size: int | None
+) -> tuple[np.ndarray, int, int, tuple[int, int]]:
     from numpy.lib import format as npformat
 
     f = io.BytesIO(data)
@@ -259,21 +267,31 @@ def _decode_npy(data: bytes, max_pixels: int, value_range: tuple[float, float] |
         raise InvalidInput(
             f"the .npy array could not be decoded ({type(exc).__name__}): the file is corrupt or truncated"
         ) from exc
-    arr = np.asarray(arr, dtype=np.float64).reshape(shape)
-    if not np.isfinite(arr).all():
-        raise InvalidInput("the npy array contains NaN or Inf values: send finite values")
+    arr = arr.reshape(shape)
+    lo, hi = 0.0, 1.0
     if value_range is not None:
         lo, hi = float(value_range[0]), float(value_range[1])
         if not hi > lo:
             raise InvalidInput(f"value_range {value_range} is empty: give (low, high) with high > low")
-        arr = (arr - lo) / (hi - lo)
+    height, width = shape
+    step = max(1, STRIP_SAMPLES // max(1, width))
+    vmin, vmax = np.inf, -np.inf
+    for y0 in range(0, height, step):  # checked strip by strip: no full-size float64 copy
+        part = np.asarray(arr[y0 : y0 + step], dtype=np.float64)
+        if not np.isfinite(part).all():
+            raise InvalidInput("the npy array contains NaN or Inf values: send finite values")
+        vmin = min(vmin, (float(part.min()) - lo) / (hi - lo))
+        vmax = max(vmax, (float(part.max()) - lo) / (hi - lo))
     tol = 1e-3
-    if arr.min() < -tol or arr.max() > 1 + tol:
+    if vmin < -tol or vmax > 1 + tol:
         raise InvalidInput(
-            f"npy values span [{arr.min():.4g}, {arr.max():.4g}]: send values in [0, 1] "
+            f"npy values span [{vmin:.4g}, {vmax:.4g}]: send values in [0, 1] "
             "(0 black, 1 white) or give value_range"
         )
-    return arr, dtype.itemsize * 8
+    factor = reduction_factor(height, width, target_size)
+    unit = reduce_by_strips(height, width, factor,
+                            lambda y0, y1: (np.asarray(arr[y0:y1], dtype=np.float64) - lo) / (hi - lo))
+    return unit, dtype.itemsize * 8, factor, (height, width)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -336,8 +354,7 @@ def decode_image(
     if kind in ("png", "jpeg"):
         arr, depth, reduction, (height, width) = _decode_pil(data, kind, max_pixels, target_size)
     elif kind == "npy":
-        arr, depth = _decode_npy(data, max_pixels, value_range)
-        height, width = arr.shape
+        arr, depth, reduction, (height, width) = _decode_npy(data, max_pixels, value_range, target_size)
     else:
         with quiet_pydicom():  # pydicom's warnings and logs quote element values, which may be patient data
             arr, depth, info, patient, reduction = decode_dicom(data, max_pixels, modalities, keep_patient_link,
