@@ -151,7 +151,16 @@ def _voi_plan(ds: Any) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[float,
     return (lambda a: a), None, "minmax"
 
 
-def _gray_to_unit(raw: np.ndarray, ds: Any, factor: int, invert: bool) -> tuple[np.ndarray, str]:
+def unused_bits_cleared(stored: np.ndarray, bits_stored: int) -> np.ndarray:
+    """The stored values without the bits above Bits Stored (PS3.5 8.1.1), sign-extended when signed: what
+    pydicom's ``correct_unused_bits`` does to the whole image, here on one strip."""
+    shift = stored.dtype.itemsize * 8 - bits_stored
+    if stored.dtype.kind not in "iu" or shift <= 0:
+        return stored
+    return (stored << shift) >> shift
+
+
+def _gray_to_unit(raw: np.ndarray, ds: Any, factor: int, bits_stored: int, invert: bool) -> tuple[np.ndarray, str]:
     """Rescale (C.11.1), VOI (C.11.2), MONOCHROME1 inversion, then the box reduction by ``factor``.
 
     The grayscale transforms run at full resolution on strips of the stored integer image and the reduction
@@ -165,7 +174,7 @@ def _gray_to_unit(raw: np.ndarray, ds: Any, factor: int, invert: bool) -> tuple[
     height, width = raw.shape[:2]
 
     def values(y0: int, y1: int) -> np.ndarray:
-        return voi(np.asarray(apply_modality_lut(raw[y0:y1], ds), dtype=np.float64))
+        return voi(np.asarray(apply_modality_lut(unused_bits_cleared(raw[y0:y1], bits_stored), ds), dtype=np.float64))
 
     if out_range is None:  # min-max of the whole image's values, found strip by strip
         lo, hi = np.inf, -np.inf
@@ -373,7 +382,9 @@ def decode_dicom(
         )
     _check_codestream(ds, info["rows"], info["columns"])
     try:
-        raw = ds.pixel_array
+        # A view of uncompressed Pixel Data (ds.pixel_array copies it to clear the unused high bits, which
+        # unused_bits_cleared does strip by strip instead).
+        raw, _ = next(decoder.iter_array(ds, view_only=True, correct_unused_bits=False))
     except BaseException as exc:
         _reraise_fatal(exc)
         raise InvalidInput(
@@ -386,13 +397,13 @@ def decode_dicom(
         # Colour secondary capture: pydicom returns RGB; VOI does not apply to colour (PS3.3 C.11.2).
         scale = float(2**bits_stored - 1)
         unit = reduce_by_strips(info["rows"], info["columns"], factor,
-                                lambda y0, y1: luma(raw[y0:y1, :, :3]) / scale)
+                                lambda y0, y1: luma(unused_bits_cleared(raw[y0:y1, :, :3], bits_stored)) / scale)
         info["voi"] = "none"
     else:
         try:
             # MONOCHROME1: the minimum value is displayed white. (DX's Presentation LUT Shape INVERSE only
             # restates this, so it is not applied a second time.)
-            unit, info["voi"] = _gray_to_unit(raw, ds, factor, invert=photometric == "MONOCHROME1")
+            unit, info["voi"] = _gray_to_unit(raw, ds, factor, bits_stored, invert=photometric == "MONOCHROME1")
         except CxrExplainError:
             raise
         except BaseException as exc:

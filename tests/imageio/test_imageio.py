@@ -643,3 +643,11 @@ def test_decoding_a_large_image_stays_within_the_memory_budget(case: str) -> Non
     else:
         assert measured["outcome"] == "ok"
     assert float(measured["growth_mib"]) * 2**20 <= 300e6
+
+
+def test_dicom_unused_high_bits_are_ignored_strip_by_strip() -> None:
+    a = ramp12()
+    clean = decode_image(dicom_bytes(make_dicom(a, extra={"WindowCenter": 1500, "WindowWidth": 2000})))
+    dirty = decode_image(dicom_bytes(make_dicom(a | np.uint16(0xA000), extra={"WindowCenter": 1500,
+                                                                            "WindowWidth": 2000})))
+    np.testing.assert_array_equal(dirty.pixels, clean.pixels)
