@@ -83,6 +83,18 @@ def windowed_dicom(rows: int = 5600, cols: int = 5600) -> bytes:
     return buf.getvalue()
 
 
+def jpegls_dicom(side: int = SIDE) -> bytes:
+    """``windowed_dicom`` compressed with JPEG-LS lossless (needs a JPEG-LS encoder plugin)."""
+    import pydicom
+    from pydicom.uid import JPEGLSLossless
+
+    ds = pydicom.dcmread(io.BytesIO(windowed_dicom(side, side)))
+    ds.compress(JPEGLSLossless)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
 def deflated_dicom(side: int = DEFLATED_SIDE) -> bytes:
     """A 16-bit DX in Deflated Explicit VR Little Endian whose pixel data (zeros) is ``side`` x ``side``."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -127,6 +139,7 @@ CASES: dict[str, Callable[[], tuple[bytes, str]]] = {
     "dicom_deflated": lambda: (deflated_dicom(), "application/dicom"),
     "png_rgba": lambda: (rgba_png(), "image/png"),
     "dicom_windowed": lambda: (windowed_dicom(), "application/dicom"),
+    "dicom_jpegls": lambda: (jpegls_dicom(), "application/dicom"),
 }
 
 
@@ -165,7 +178,7 @@ def measure(case: str, model_size: int) -> dict[str, object]:
     data, content_type = CASES[case]()
     small = {"png8": zero_png(64), "png16": zero_png(64, 16), "jpeg": large_jpeg(64),
              "dicom_deflated": deflated_dicom(64), "png_rgba": rgba_png(64),
-             "dicom_windowed": windowed_dicom(64, 64)}[case]
+             "dicom_windowed": windowed_dicom(64, 64), "dicom_jpegls": jpegls_dicom(64)}[case]
     run(small, content_type)  # lazy imports and decoder set-up are not the request's cost
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
