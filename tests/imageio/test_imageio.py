@@ -651,3 +651,17 @@ def test_dicom_unused_high_bits_are_ignored_strip_by_strip() -> None:
     dirty = decode_image(dicom_bytes(make_dicom(a | np.uint16(0xA000), extra={"WindowCenter": 1500,
                                                                             "WindowWidth": 2000})))
     np.testing.assert_array_equal(dirty.pixels, clean.pixels)
+
+
+def test_damaged_deflated_dicom_ends_in_our_errors() -> None:
+    data = _deflated(make_dicom(ramp12()))
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]  # preamble, DICM, (0002,0000) UL 4, its value
+    rng = np.random.default_rng(5)
+    for n in (0, 10, 300, 5000):
+        _only_our_errors(data[:meta_end] + rng.bytes(n))
+    for cut in (meta_end + 5, meta_end + 40, len(data) - 10):
+        _only_our_errors(data[:cut])
+    flipped = bytearray(data)
+    for p in rng.integers(meta_end, len(data), 20):
+        flipped[p] ^= 0xFF
+    _only_our_errors(bytes(flipped))
