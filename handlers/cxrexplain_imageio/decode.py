@@ -23,7 +23,7 @@ from PIL import Image
 
 from cxrexplain.errors import CxrExplainError, InvalidInput, UnsupportedMediaType
 
-from .checks import check_size, finish, luma
+from .checks import STRIP_SAMPLES, check_size, finish, luma, reduce_by_strips, reduction_factor
 from .dicom import DEFAULT_MODALITIES, decode_dicom, quiet_pydicom
 
 Kind = Literal["png", "jpeg", "dicom", "npy"]
@@ -60,13 +60,15 @@ class DecodedImage:
     Attributes
     ----------
     pixels
-        float32 (H, W) in [0, 1], 0 black and 1 white.
+        float32 in [0, 1], 0 black and 1 white: (H, W), or (ceil(H / r), ceil(W / r)) when decoded reduced by
+        ``reduction`` = r (each pixel the mean of an r x r block of the original's display values).
     kind
         The format decoded: ``"png"``, ``"jpeg"``, ``"dicom"`` or ``"npy"``.
     bit_depth
         Bits per sample of the source (8 or 16 for PNG, 8 for JPEG, Bits Stored for DICOM, 8 * itemsize for npy).
     height, width
-        The original size in pixels (equal to ``pixels.shape``).
+        The original size in pixels (equal to ``pixels.shape`` unless ``reduction`` > 1); heatmap geometry is
+        always in these original pixels (``to_model_input(..., original_size=, reduction=)``).
     dicom
         For DICOM only: technical attributes and the UIDs needed to link a derived object back to the study
         (see :func:`dicom_info`). No patient data. Keep it in memory; never log it.
@@ -82,6 +84,7 @@ class DecodedImage:
     width: int
     dicom: dict[str, Any] | None = field(default=None, repr=False)
     patient: dict[str, str] | None = field(default=None, repr=False)
+    reduction: int = 1
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -147,7 +150,14 @@ def _png_header(data: bytes) -> tuple[int, int, int, int]:
     return width, height, depth, colour
 
 
-def _decode_pil(data: bytes, kind: Kind, max_pixels: int) -> tuple[np.ndarray, int]:
+def _decode_pil(
+    data: bytes, kind: Kind, max_pixels: int, target_size: int | None
+) -> tuple[np.ndarray, int, int, tuple[int, int]]:
+    """(display-space pixels, bit depth, reduction factor, original (height, width)).
+
+    With a target size the image is reduced while decoding: JPEG by libjpeg's DCT scaling (``draft``, 1/2 to
+    1/8), then any format by a box mean over strips of the decoded integer image, so no full-size float buffer
+    is ever made."""
     fmt = "PNG" if kind == "png" else "JPEG"
     depth = 8
     if kind == "png":
@@ -163,8 +173,17 @@ def _decode_pil(data: bytes, kind: Kind, max_pixels: int) -> tuple[np.ndarray, i
                 check_size(height, width, max_pixels, fmt)  # header only: nothing decoded yet
                 if getattr(im, "is_animated", False) and kind == "png":
                     raise InvalidInput("animated PNG: send a single image")
+                factor = reduction_factor(height, width, target_size)
+                scale = _jpeg_draft(im, width, height, factor) if kind == "jpeg" else 1
                 im.load()
-                arr = _pil_to_unit(im, depth)
+                factor = max(1, factor // scale)
+                # Strips also at factor 1 for a large image (a long thin one keeps its full resolution): one
+                # float32 output instead of a full-size float64 copy.
+                if factor > 1 or im.size[0] * im.size[1] > STRIP_SAMPLES:
+                    arr = _pil_reduced(im, depth, factor)
+                else:
+                    arr = _pil_to_unit(im, depth)
+                factor *= scale
     except CxrExplainError:
         raise
     except Image.DecompressionBombError:
@@ -175,7 +194,24 @@ def _decode_pil(data: bytes, kind: Kind, max_pixels: int) -> tuple[np.ndarray, i
         raise InvalidInput(
             f"the {fmt} image could not be decoded ({type(exc).__name__}): the file is corrupt or truncated"
         ) from exc
-    return arr, depth if kind == "png" else 8
+    return arr, depth if kind == "png" else 8, factor, (height, width)
+
+
+def _jpeg_draft(im: Image.Image, width: int, height: int, factor: int) -> int:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale (at most ``factor``); the scale it chose."""
+    scale = max((s for s in (8, 4, 2, 1) if s <= factor), default=1)
+    if scale == 1:
+        return 1
+    im.draft(None, (-(-width // scale), -(-height // scale)))
+    for s in (8, 4, 2):
+        if im.size == (-(-width // s), -(-height // s)):
+            return s
+    return 1
+
+
+def _pil_reduced(im: Image.Image, depth: int, factor: int) -> np.ndarray:
+    width, height = im.size
+    return reduce_by_strips(height, width, factor, lambda y0, y1: _pil_to_unit(im.crop((0, y0, width, y1)), depth))
 
 
 def _pil_to_unit(im: Image.Image, png_depth: int) -> np.ndarray:
@@ -201,7 +237,9 @@ def _pil_to_unit(im: Image.Image, png_depth: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- NPY
 
 
-def _decode_npy(data: bytes, max_pixels: int, value_range: tuple[float, float] | None) -> tuple[np.ndarray, int]:
+def _decode_npy(
+    data: bytes, max_pixels: int, value_range: tuple[float, float] | None, target_size: int | None
+) -> tuple[np.ndarray, int, int, tuple[int, int]]:
     from numpy.lib import format as npformat
 
     f = io.BytesIO(data)
@@ -229,21 +267,31 @@ def _decode_npy(data: bytes, max_pixels: int, value_range: tuple[float, float] |
         raise InvalidInput(
             f"the .npy array could not be decoded ({type(exc).__name__}): the file is corrupt or truncated"
         ) from exc
-    arr = np.asarray(arr, dtype=np.float64).reshape(shape)
-    if not np.isfinite(arr).all():
-        raise InvalidInput("the npy array contains NaN or Inf values: send finite values")
+    arr = arr.reshape(shape)
+    lo, hi = 0.0, 1.0
     if value_range is not None:
         lo, hi = float(value_range[0]), float(value_range[1])
         if not hi > lo:
             raise InvalidInput(f"value_range {value_range} is empty: give (low, high) with high > low")
-        arr = (arr - lo) / (hi - lo)
+    height, width = shape
+    step = max(1, STRIP_SAMPLES // max(1, width))
+    vmin, vmax = np.inf, -np.inf
+    for y0 in range(0, height, step):  # checked strip by strip: no full-size float64 copy
+        part = np.asarray(arr[y0 : y0 + step], dtype=np.float64)
+        if not np.isfinite(part).all():
+            raise InvalidInput("the npy array contains NaN or Inf values: send finite values")
+        vmin = min(vmin, (float(part.min()) - lo) / (hi - lo))
+        vmax = max(vmax, (float(part.max()) - lo) / (hi - lo))
     tol = 1e-3
-    if arr.min() < -tol or arr.max() > 1 + tol:
+    if vmin < -tol or vmax > 1 + tol:
         raise InvalidInput(
-            f"npy values span [{arr.min():.4g}, {arr.max():.4g}]: send values in [0, 1] "
+            f"npy values span [{vmin:.4g}, {vmax:.4g}]: send values in [0, 1] "
             "(0 black, 1 white) or give value_range"
         )
-    return arr, dtype.itemsize * 8
+    factor = reduction_factor(height, width, target_size)
+    unit = reduce_by_strips(height, width, factor,
+                            lambda y0, y1: (np.asarray(arr[y0:y1], dtype=np.float64) - lo) / (hi - lo))
+    return unit, dtype.itemsize * 8, factor, (height, width)
 
 
 # --------------------------------------------------------------------------------------------- public
@@ -253,11 +301,12 @@ def decode_image(
     data: bytes,
     content_type: str | None = None,
     *,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = 40_000_000,
     max_bytes: int | None = None,
     value_range: tuple[float, float] | None = None,
     modalities: Collection[str] | None = DEFAULT_MODALITIES,
     keep_patient_link: bool = False,
+    target_size: int | None = None,
 ) -> DecodedImage:
     """Decode a request body into a grayscale display-space image.
 
@@ -277,6 +326,10 @@ def decode_image(
         Accepted DICOM Modality values (a missing Modality is accepted); None accepts any.
     keep_patient_link
         Fill :attr:`DecodedImage.patient` (Patient ID and Name) for writing a derived DICOM back.
+    target_size
+        The model's input side. When given, the image may be reduced while it is decoded (by an integer factor
+        that keeps at least twice this side over the image's shorter side), which bounds the memory a large
+        image costs; :attr:`DecodedImage.reduction` says by how much. None decodes at full resolution.
 
     Returns
     -------
@@ -297,15 +350,18 @@ def decode_image(
     kind = detect_kind(data, content_type)
     info: dict[str, Any] | None = None
     patient: dict[str, str] | None = None
+    reduction = 1
     if kind in ("png", "jpeg"):
-        arr, depth = _decode_pil(data, kind, max_pixels)
+        arr, depth, reduction, (height, width) = _decode_pil(data, kind, max_pixels, target_size)
     elif kind == "npy":
-        arr, depth = _decode_npy(data, max_pixels, value_range)
+        arr, depth, reduction, (height, width) = _decode_npy(data, max_pixels, value_range, target_size)
     else:
         with quiet_pydicom():  # pydicom's warnings and logs quote element values, which may be patient data
-            arr, depth, info, patient = decode_dicom(data, max_pixels, modalities, keep_patient_link)
+            arr, depth, info, patient, reduction = decode_dicom(data, max_pixels, modalities, keep_patient_link,
+                                                                target_size)
+        height, width = info["rows"], info["columns"]
     pixels = finish(arr)
     return DecodedImage(
-        pixels=pixels, kind=kind, bit_depth=int(depth), height=pixels.shape[0], width=pixels.shape[1],
-        dicom=info, patient=patient,
+        pixels=pixels, kind=kind, bit_depth=int(depth), height=int(height), width=int(width),
+        dicom=info, patient=patient, reduction=int(reduction),
     )

@@ -13,14 +13,15 @@ import logging
 import struct
 import threading
 import warnings
-from collections.abc import Collection, Iterator
+import zlib
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import numpy as np
 
 from cxrexplain.errors import CxrExplainError, InvalidInput, UnsupportedMediaType
 
-from .checks import check_size, luma
+from .checks import check_size, luma, reduce_by_strips, reduction_factor
 
 DEFAULT_MODALITIES = frozenset({"CR", "DX", "RG", "OT"})  # radiographs and secondary captures
 
@@ -126,8 +127,9 @@ def _read_dicom(data: bytes) -> Any:
     return ds
 
 
-def _voi_to_unit(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, str]:
-    """Apply the first VOI LUT or window (PS3.3 C.11.2) and scale its output range to [0, 1]."""
+def _voi_plan(ds: Any) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[float, float] | None, str]:
+    """The first VOI LUT or window (PS3.3 C.11.2) as an elementwise function, the range its output is scaled
+    from to [0, 1] (None: the image's own min-max), and its name. Elementwise, so it can run strip by strip."""
     from pydicom.pixels import apply_voi, apply_windowing
 
     seq = ds.get("VOILUTSequence", None)
@@ -137,21 +139,135 @@ def _voi_to_unit(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, str]:
         lut = apply_voi(np.arange(first, first + entries, dtype=np.int64), ds, 0).astype(np.float64)
         lo, hi = float(lut.min()), float(lut.max())  # the LUT's real output range (some under-use their bits)
         if hi > lo:
-            out = apply_voi(np.rint(arr).astype(np.int64), ds, 0).astype(np.float64)
-            return (out - lo) / (hi - lo), "lut"
+            return (lambda a: apply_voi(np.rint(a).astype(np.int64), ds, 0).astype(np.float64)), (lo, hi), "lut"
     if ds.get("WindowCenter", None) is not None and ds.get("WindowWidth", None) is not None:
         try:
             with np.errstate(over="ignore"):
                 lo, hi = (float(v) for v in apply_windowing(np.array([-1e30, 1e30]), ds, 0))
-                out = apply_windowing(arr.astype(np.float64), ds, 0)
             if hi != lo:
-                return (out - lo) / (hi - lo), "window"
+                return (lambda a: apply_windowing(a.astype(np.float64), ds, 0)), (lo, hi), "window"
         except (ValueError, TypeError, IndexError, KeyError):
             pass  # an unusable window (width < 1, unknown function): fall back to min-max, do not reject
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi == lo:
-        return np.zeros_like(arr, dtype=np.float64), "minmax"
-    return (arr - lo) / (hi - lo), "minmax"
+    return (lambda a: a), None, "minmax"
+
+
+def unused_bits_cleared(stored: np.ndarray, bits_stored: int) -> np.ndarray:
+    """The stored values without the bits above Bits Stored (PS3.5 8.1.1), sign-extended when signed: what
+    pydicom's ``correct_unused_bits`` does to the whole image, here on one strip."""
+    shift = stored.dtype.itemsize * 8 - bits_stored
+    if stored.dtype.kind not in "iu" or shift <= 0:
+        return stored
+    return (stored << shift) >> shift
+
+
+def _gray_to_unit(raw: np.ndarray, ds: Any, factor: int, bits_stored: int, invert: bool) -> tuple[np.ndarray, str]:
+    """Rescale (C.11.1), VOI (C.11.2), MONOCHROME1 inversion, then the box reduction by ``factor``.
+
+    The grayscale transforms run at full resolution on strips of the stored integer image and the reduction
+    comes after them, so the display values are exactly those of a full decode (a window or LUT is not linear,
+    so reducing the stored values first would change them near the window's edges); memory is the stored image
+    plus one float strip, never a full-size float image.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    voi, out_range, name = _voi_plan(ds)
+    height, width = raw.shape[:2]
+
+    def values(y0: int, y1: int) -> np.ndarray:
+        return voi(np.asarray(apply_modality_lut(unused_bits_cleared(raw[y0:y1], bits_stored), ds), dtype=np.float64))
+
+    if out_range is None:  # min-max of the whole image's values, found strip by strip
+        lo, hi = np.inf, -np.inf
+        step = max(1, (1 << 21) // max(1, width))
+        for y0 in range(0, height, step):
+            v = values(y0, min(height, y0 + step))
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+    else:
+        lo, hi = out_range
+    span = (hi - lo) or 1.0  # a constant image is all 0 (min-max), as before
+
+    def unit(y0: int, y1: int) -> np.ndarray:
+        u = (values(y0, y1) - lo) / span
+        return 1.0 - u if invert else u
+
+    return reduce_by_strips(height, width, factor, unit), name
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+HEADER_CEILING = 8 * 2**20  # inflated bytes before Pixel Data a deflated data set may take
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+_INFLATE_STEP = 1 << 16
+
+
+def check_deflated(data: bytes, max_pixels: int) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file that is over the pixel cap before inflating it.
+
+    pydicom inflates a deflated data set whole before Rows and Columns can be read, so 1 MB on the wire can
+    cost gigabytes. Here the stream is inflated step by step: the header up to the top-level Pixel Data is
+    read (at most :data:`HEADER_CEILING` bytes) and its size checked against the cap; an accepted file is then
+    inflated to its end only to count, and refused if it inflates past what its header and the cap allow.
+    """
+    import pydicom.filereader as reader
+
+    fp = io.BytesIO(data)
+    try:
+        reader.read_preamble(fp, True)
+        meta = reader._read_file_meta_info(fp)
+    except BaseException as exc:
+        _reraise_fatal(exc)
+        return  # not a file with meta: the full reader reports what is wrong with it
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+        return
+    src = memoryview(data)[fp.tell():]
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = bytearray()
+    offset, ceiling, total, header = 0, HEADER_CEILING, 0, None
+    try:
+        while not inflater.eof:
+            chunk = inflater.unconsumed_tail or bytes(src[offset : offset + _INFLATE_STEP])
+            if not inflater.unconsumed_tail:
+                if offset >= len(src):
+                    break  # truncated stream: the full reader reports it
+                offset += _INFLATE_STEP
+            out = inflater.decompress(chunk, _INFLATE_STEP)
+            total += len(out)
+            if header is None:
+                head += out
+                if _PIXEL_DATA_TAG in head[max(0, len(head) - len(out) - 3):] or len(head) >= ceiling:
+                    header = _deflated_header(bytes(head), max_pixels)
+                    if header is not None:
+                        ceiling = len(head) + header + HEADER_CEILING
+                        head = bytearray()
+                    elif len(head) >= HEADER_CEILING:
+                        raise InvalidInput(
+                            f"the deflated DICOM header is larger than {HEADER_CEILING} bytes: send it uncompressed"
+                        )
+            if total > ceiling and header is not None:
+                raise InvalidInput(
+                    f"the deflated DICOM inflates past its pixel data's size (limit {max_pixels} pixels): "
+                    "the file is corrupt"
+                )
+    except zlib.error:
+        raise InvalidInput("the deflated DICOM data could not be inflated: the file is corrupt") from None
+
+
+def _deflated_header(head: bytes, max_pixels: int) -> int | None:
+    """Check the size in an inflated header; the pixel data's byte count, or None if the header is incomplete."""
+    import pydicom.filereader as reader
+
+    try:
+        ds = reader.read_dataset(io.BytesIO(head), False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except BaseException as exc:
+        _reraise_fatal(exc)
+        return None  # cut inside an element: inflate more
+    if "Rows" not in ds or "Columns" not in ds:
+        return None
+    check_size(rows, cols, max(1, max_pixels // max(1, samples * max(1, frames))), "DICOM")
+    return rows * cols * max(1, frames) * max(1, samples) * max(1, -(-bits // 8))
 
 
 def _codestream_size(frame: bytes) -> tuple[int, int] | None:
@@ -210,10 +326,13 @@ def _check_codestream(ds: Any, rows: int, cols: int) -> None:
 
 
 def decode_dicom(
-    data: bytes, max_pixels: int, modalities: Collection[str] | None, keep_patient_link: bool
-) -> tuple[np.ndarray, int, dict[str, Any], dict[str, str] | None]:
-    from pydicom.pixels import apply_modality_lut, get_decoder
+    data: bytes, max_pixels: int, modalities: Collection[str] | None, keep_patient_link: bool,
+    target_size: int | None = None,
+) -> tuple[np.ndarray, int, dict[str, Any], dict[str, str] | None, int]:
+    """(display-space pixels, Bits Stored, info, patient link or None, reduction factor)."""
+    from pydicom.pixels import get_decoder
 
+    check_deflated(data, max_pixels)
     try:
         ds = _read_dicom(data)
     except BaseException as exc:
@@ -263,7 +382,9 @@ def decode_dicom(
         )
     _check_codestream(ds, info["rows"], info["columns"])
     try:
-        raw = ds.pixel_array
+        # A view of uncompressed Pixel Data (ds.pixel_array copies it to clear the unused high bits, which
+        # unused_bits_cleared does strip by strip instead).
+        raw, _ = next(decoder.iter_array(ds, view_only=True, correct_unused_bits=False))
     except BaseException as exc:
         _reraise_fatal(exc)
         raise InvalidInput(
@@ -271,22 +392,22 @@ def decode_dicom(
         ) from None
     if raw.shape[:2] != (info["rows"], info["columns"]):
         raise InvalidInput("the DICOM pixel data does not match Rows and Columns")
+    factor = reduction_factor(info["rows"], info["columns"], target_size)
     if samples == 3:
         # Colour secondary capture: pydicom returns RGB; VOI does not apply to colour (PS3.3 C.11.2).
-        unit = luma(raw[..., :3]) / float(2**bits_stored - 1)
+        scale = float(2**bits_stored - 1)
+        unit = reduce_by_strips(info["rows"], info["columns"], factor,
+                                lambda y0, y1: luma(unused_bits_cleared(raw[y0:y1, :, :3], bits_stored)) / scale)
         info["voi"] = "none"
     else:
         try:
-            values = apply_modality_lut(raw, ds)  # Rescale Slope/Intercept or Modality LUT (C.11.1)
-            unit, info["voi"] = _voi_to_unit(np.asarray(values, dtype=np.float64), ds)
+            # MONOCHROME1: the minimum value is displayed white. (DX's Presentation LUT Shape INVERSE only
+            # restates this, so it is not applied a second time.)
+            unit, info["voi"] = _gray_to_unit(raw, ds, factor, bits_stored, invert=photometric == "MONOCHROME1")
         except CxrExplainError:
             raise
         except BaseException as exc:
             _reraise_fatal(exc)
             raise InvalidInput(f"the DICOM grayscale transforms failed ({type(exc).__name__})") from None
-        if photometric == "MONOCHROME1":
-            # MONOCHROME1: the minimum value is displayed white. (DX's Presentation LUT Shape INVERSE only
-            # restates this, so it is not applied a second time.)
-            unit = 1.0 - unit
     patient = dicom_patient_link(ds) if keep_patient_link else None
-    return unit, bits_stored, info, patient
+    return unit, bits_stored, info, patient, factor

@@ -89,8 +89,9 @@ class AutoencoderService:
             z = torch.from_numpy(_latent(body)).to(self.device)[None]
         else:
             decoded = cxrexplain_imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
-                                           max_bytes=self.caps.max_request_bytes)
-            x, _ = to_model_input(decoded.pixels, spec)
+                                           max_bytes=self.caps.max_request_bytes, target_size=spec.size)
+            x, _ = to_model_input(decoded.pixels, spec, original_size=(decoded.height, decoded.width),
+                                  reduction=decoded.reduction)
             z = self.bundle.encode(x.to(self.device))
             if operation == "encode":
                 flat = z[0].float().cpu().numpy()

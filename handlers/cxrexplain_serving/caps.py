@@ -42,7 +42,7 @@ class CostCaps:
     max_steps: int = 128
     max_work_units: int = 512
     max_response_bytes: int = 60 * 2**20
-    max_pixels: int = 50_000_000
+    max_pixels: int = 40_000_000
     max_request_bytes: int = 64 * 2**20
     max_engine_batch: int = 32
 

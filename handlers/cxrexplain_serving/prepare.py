@@ -89,11 +89,12 @@ class Preparer:
                                f"{self.caps.max_request_bytes} bytes: downsample or compress the image")
         try:
             image = cxrexplain_imageio.decode_image(body, row.content_type, max_pixels=self.caps.max_pixels,
-                                                    value_range=opts.value_range)
+                                                    value_range=opts.value_range, target_size=self.input_spec.size)
         except CxrExplainError as exc:
             self.telemetry.decode_error(str(getattr(exc, "code", "invalid_input")), state.request_id)
             raise
-        state.x, state.geometry = to_model_input(image.pixels, self.input_spec)
+        state.x, state.geometry = to_model_input(image.pixels, self.input_spec, reduction=image.reduction,
+                                                 original_size=(image.height, image.width))
         state.timings["decode"] = elapsed_ms(started)
 
     def _build_methods(self, state: RowState) -> None:

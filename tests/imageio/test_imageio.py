@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 
@@ -337,7 +338,7 @@ def test_dicom_rejections() -> None:
     # Header dimensions are checked before any pixel decoding: a 60000 x 60000 header with tiny data.
     bomb = make_dicom(a)
     bomb.Rows = bomb.Columns = 60000
-    with pytest.raises(InvalidInput, match="limit of 50000000 pixels"):
+    with pytest.raises(InvalidInput, match="limit of 40000000 pixels"):
         decode_image(dicom_bytes(bomb))
     with pytest.raises(InvalidInput, match="too small"):
         decode_image(dicom_bytes(make_dicom(np.zeros((16, 64), np.uint16))))
@@ -383,7 +384,7 @@ def test_empty_unknown_and_limits() -> None:
 def test_png_bomb_header_checked_before_decoding() -> None:
     data = bytearray(png_bytes(np.zeros((64, 64), np.uint8)))
     struct.pack_into(">II", data, 16, 100_000, 100_000)  # IHDR width/height; CRC left stale on purpose
-    with pytest.raises(InvalidInput, match="limit of 50000000 pixels"):
+    with pytest.raises(InvalidInput, match="limit of 40000000 pixels"):
         decode_image(bytes(data))
 
 
@@ -489,3 +490,178 @@ def test_dicom_compressed_frame_larger_than_header_is_rejected_before_decoding()
     ds["PixelData"].VR = "OB"
     with pytest.raises(InvalidInput, match="2000 x 3000 but the DICOM header says 64 x 64"):
         decode_image(dicom_bytes(ds))
+
+
+# --------------------------------------------------------------------------------------------- memory budget
+
+
+def _natural(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A radiograph-like image in [0, 1]: smooth anatomy, edges, and a little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = 0.45 + 0.25 * np.sin(9 * xx) * np.cos(7 * yy) + 0.2 * ((xx - 0.5) ** 2 + (yy - 0.4) ** 2 < 0.05)
+    return np.clip(img + 0.03 * rng.standard_normal((h, w)), 0, 1)
+
+
+def _reduced_case(kind: str, h: int, w: int) -> bytes:
+    img = _natural(h, w)
+    if kind == "png8":
+        return png_bytes((img * 255).round().astype(np.uint8))
+    if kind == "png16":
+        return png_bytes((img * 65535).round().astype(np.uint16))
+    if kind == "png_rgb":
+        rgb = np.stack([img, img ** 1.2, img ** 0.8], axis=-1)
+        return png_bytes((rgb * 255).round().astype(np.uint8))
+    if kind == "jpeg":
+        return jpeg_bytes((img * 255).round().astype(np.uint8))
+    stored = (img * 4095).round().astype(np.uint16)
+    if kind == "dicom_window_m1":  # rescale, a window that clips both ends, MONOCHROME1
+        return dicom_bytes(make_dicom(stored, photometric="MONOCHROME1", extra={
+            "RescaleSlope": 1, "RescaleIntercept": -1024, "WindowCenter": 900, "WindowWidth": 1600}))
+    if kind == "dicom_lut":
+        lut = Dataset()
+        lut.LUTDescriptor = [4096, 0, 16]
+        lut.LUTData = (65535 * (np.linspace(0, 1, 4096) ** 0.5)).round().astype(np.uint16).tolist()
+        lut["LUTDescriptor"].VR = lut["LUTData"].VR = "US"
+        return dicom_bytes(make_dicom(stored, extra={"VOILUTSequence": [lut]}))
+    raise AssertionError(kind)
+
+
+def _box(a: np.ndarray, f: int) -> np.ndarray:
+    h, w = a.shape
+    return a[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16", "png_rgb", "jpeg", "dicom_window_m1", "dicom_lut"])
+@pytest.mark.parametrize("shape", [(1500, 1100), (1100, 1500)])
+@pytest.mark.parametrize("resize", ["center_crop", "stretch"])
+def test_reduced_decode_gives_the_full_decodes_model_input_and_geometry(kind: str, shape: tuple[int, int],
+                                                                         resize: str) -> None:
+    data = _reduced_case(kind, *shape)
+    spec = XRV.__class__(**{**unit_spec(1, 96).to_dict(), "resize": resize})
+    full = decode_image(data)
+    reduced = decode_image(data, target_size=96)
+    assert full.reduction == 1 and reduced.reduction in (4, 5)  # 1100 // (2 * 96) = 5; JPEG's DCT scale: 4
+    assert (reduced.height, reduced.width) == (full.height, full.width) == shape
+    f = reduced.reduction
+    assert reduced.pixels.shape == (-(-shape[0] // f), -(-shape[1] // f))
+    x_full, g_full = to_model_input(full.pixels, spec)
+    x_red, g_red = to_model_input(reduced.pixels, spec, original_size=(reduced.height, reduced.width),
+                                  reduction=f)
+    assert g_red == g_full
+    assert float((x_red - x_full).abs().mean()) < 1e-2
+    if kind != "jpeg":  # the display values are reduced, not the stored ones: a box mean of the full decode
+        inner = _box(full.pixels.astype(np.float64), f)
+        np.testing.assert_allclose(reduced.pixels[: inner.shape[0], : inner.shape[1]], inner, atol=1e-5)
+
+
+def test_reduce_by_strips_is_a_box_mean_with_partial_edges() -> None:
+    from cxrexplain_imageio.checks import reduce_by_strips
+
+    a = np.arange(35, dtype=np.float64).reshape(5, 7)
+    out = reduce_by_strips(5, 7, 2, lambda y0, y1: a[y0:y1])
+    expected = np.array([[4, 6, 8, 9.5], [18, 20, 22, 23.5], [28.5, 30.5, 32.5, 34]])
+    np.testing.assert_allclose(out, expected)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(reduce_by_strips(5, 7, 1, lambda y0, y1: a[y0:y1]), a.astype(np.float32))
+
+
+def test_small_images_and_no_target_are_not_reduced() -> None:
+    data = png_bytes((_natural(300, 200) * 255).astype(np.uint8))
+    assert decode_image(data, target_size=96).reduction == 1  # 200 // 192 = 1: already near the model's size
+    assert decode_image(data).pixels.shape == (300, 200)
+
+
+def _deflated(ds: Dataset, junk: int = 0) -> bytes:
+    """``ds`` in Deflated Explicit VR Little Endian, with ``junk`` zero bytes appended before deflating."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = z.compress(body.getvalue()) + z.compress(bytes(junk)) + z.flush()
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, ds.file_meta, enforce_standard=True)
+    return out.getvalue() + deflated
+
+
+def test_deflated_dicom_decodes_as_the_uncompressed_one() -> None:
+    plain = make_dicom(ramp12(), photometric="MONOCHROME1")
+    expected = decode_image(dicom_bytes(plain)).pixels
+    np.testing.assert_array_equal(decode_image(_deflated(make_dicom(ramp12(), photometric="MONOCHROME1"))).pixels,
+                                  expected)
+
+
+def test_deflated_dicom_over_the_cap_is_refused_from_its_header() -> None:
+    from peak_memory import deflated_dicom
+
+    data = deflated_dicom(2048)  # 8 MiB inflated
+    with pytest.raises(InvalidInput, match="above the limit of 1000000 pixels"):
+        decode_image(data, max_pixels=1_000_000)
+    assert decode_image(data, target_size=96).reduction == 2048 // 192
+
+
+def test_deflated_dicom_that_inflates_past_its_pixel_data_is_refused() -> None:
+    data = _deflated(make_dicom(ramp12()), junk=64 * 2**20)
+    assert len(data) < 200_000
+    with pytest.raises(InvalidInput, match="inflates past its pixel data"):
+        decode_image(data)
+    with pytest.raises(InvalidInput):  # and a cut stream is still an InvalidInput
+        decode_image(data[: len(data) // 2])
+
+
+def _peak_growth(case: str) -> dict[str, object]:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(__file__).with_name("peak_memory.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(probe), case, "96"], capture_output=True, text=True, env=env,
+                          timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS reset needs Linux /proc")
+@pytest.mark.parametrize("case", ["png8", "png16", "jpeg", "dicom_deflated"])
+def test_decoding_a_large_image_stays_within_the_memory_budget(case: str) -> None:
+    """7000 x 7000 PNG (8 and 16-bit) and JPEG for a 96 px model, and the deflated 16384 x 16384 DICOM the
+    pixel cap refuses: each costs the process at most 300 MB at its peak (issue #10; before: +795, +842,
+    +748 and +1037 MiB)."""
+    measured = _peak_growth(case)
+    if case == "dicom_deflated":
+        assert "above the limit of 50000000 pixels" in str(measured["outcome"])
+        assert float(measured["growth_mib"]) <= 50  # refused from the header: nothing is inflated
+    else:
+        assert measured["outcome"] == "ok"
+    assert float(measured["growth_mib"]) * 2**20 <= 300e6
+
+
+def test_dicom_unused_high_bits_are_ignored_strip_by_strip() -> None:
+    a = ramp12()
+    clean = decode_image(dicom_bytes(make_dicom(a, extra={"WindowCenter": 1500, "WindowWidth": 2000})))
+    dirty = decode_image(dicom_bytes(make_dicom(a | np.uint16(0xA000), extra={"WindowCenter": 1500,
+                                                                            "WindowWidth": 2000})))
+    np.testing.assert_array_equal(dirty.pixels, clean.pixels)
+
+
+def test_damaged_deflated_dicom_ends_in_our_errors() -> None:
+    data = _deflated(make_dicom(ramp12()))
+    meta_end = 144 + struct.unpack_from("<I", data, 140)[0]  # preamble, DICM, (0002,0000) UL 4, its value
+    rng = np.random.default_rng(5)
+    for n in (0, 10, 300, 5000):
+        _only_our_errors(data[:meta_end] + rng.bytes(n))
+    for cut in (meta_end + 5, meta_end + 40, len(data) - 10):
+        _only_our_errors(data[:cut])
+    flipped = bytearray(data)
+    for p in rng.integers(meta_end, len(data), 20):
+        flipped[p] ^= 0xFF
+    _only_our_errors(bytes(flipped))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -561,3 +562,58 @@ def test_npy_body_with_value_range(service):
                                    RowRequest(data, "application/x-npy", {}, "n2"))
     assert ok.status == 200 and len(msg.findings) == len(LABELS)
     assert bad.status == 400 and "value_range" in err.error.message
+
+
+# --------------------------------------------------------------------------------------------- memory budget
+
+
+def _probe():
+    """tests/imageio/peak_memory.py, the builders of the issue's large inputs (tests/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "imageio" / "peak_memory.py"
+    spec = importlib.util.spec_from_file_location("peak_memory", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def test_large_image_is_decoded_reduced_with_the_original_geometry(service, bundle):
+    big = png(1500, 1100, seed=3)
+    (result, msg), = answer(service, row(body=big))
+    assert result.status == 200
+    g = msg.geometry
+    assert (g.original_height, g.original_width, g.crop_top, g.crop_left, g.crop_size, g.model_size) == \
+        (1500, 1100, 200, 0, 1100, SIZE)
+    reduced = decode_image(big, "image/png", target_size=SIZE)
+    assert reduced.reduction == 1100 // (2 * SIZE)
+    x, geometry = to_model_input(reduced.pixels, bundle.input_spec, original_size=(1500, 1100),
+                                 reduction=reduced.reduction)
+    with torch.inference_mode():
+        served = torch.sigmoid(bundle.module.cpu()(x))[0]
+    np.testing.assert_allclose([f.probability for f in msg.findings], served.numpy(), atol=1e-6)
+    full = eager_probabilities(bundle, big)  # the full-resolution decode answers the same within noise
+    np.testing.assert_allclose(served.numpy(), full.numpy(), atol=5e-3)
+    assert geometry == to_model_input(decode_image(big).pixels, bundle.input_spec)[1]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS reset needs Linux /proc")
+def test_deflated_dicom_over_the_pixel_cap_is_a_400_before_it_is_inflated(service):
+    data = _probe().deflated_dicom()  # 16384 x 16384 x 16 bits: 512 MiB inflated, ~0.5 MB on the wire
+    assert len(data) < 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _kib("VmRSS")
+    (result, msg), = answer(service, RowRequest(body=data, content_type="application/dicom", options={},
+                                                request_id="deflated"))
+    growth_mb = (_kib("VmHWM") - before) * 1024 / 1e6
+    assert result.status == 400 and msg.error.type == "invalid_input"
+    assert "16384 x 16384" in msg.error.message and "limit of 40000000 pixels" in msg.error.message
+    assert growth_mb <= 300, growth_mb  # before issue #10: +1,033 MB
