@@ -24,7 +24,7 @@ import httpx
 from google.protobuf import empty_pb2
 
 from . import codec
-from ._proto import explain_pb2, inference_pb2, management_pb2
+from ._proto import explain_pb2, inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 from ._retry import USE_CLIENT_DEFAULT, RetryPolicy, _UseClientDefault, grpc_channel_options
 from .auth import KeyKind
 from .errors import (
@@ -413,3 +413,11 @@ __all__ = [
     "make_settings",
     "predictions_request",
 ]
+
+
+def grpc_stub(channel: Any, management: bool) -> Any:
+    """The stub a call goes through: TorchServe's management service or its inference service (sync or aio
+    channel alike)."""
+    if management:
+        return management_pb2_grpc.ManagementAPIsServiceStub(channel)
+    return inference_pb2_grpc.InferenceAPIsServiceStub(channel)

@@ -21,11 +21,12 @@ from ._core import (
     TimeoutArg,
     explain_payload,
     grpc_error,
+    grpc_stub,
     parse_health,
     stream_cut_short,
     stream_part,
 )
-from ._proto import explain_pb2, inference_pb2, inference_pb2_grpc, management_pb2_grpc
+from ._proto import explain_pb2, inference_pb2
 from ._retry import USE_CLIENT_DEFAULT
 from .results import Explanation, Health, ModelDescription, ModelInfo, StreamPart
 
@@ -203,7 +204,7 @@ class ExplainClient(ClientBase):
             yield call.request
             finished.wait()
 
-        stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel(False))
+        stub = grpc_stub(self._grpc_channel(False), management=False)
         responses = stub.StreamPredictions2(requests(), timeout=call.timeout, metadata=call.metadata)
         assembler = codec.StreamAssembler()
         try:
@@ -268,12 +269,7 @@ class ExplainClient(ClientBase):
         return explain_payload(self._grpc(call) if isinstance(call, GrpcCall) else self._rest(call))
 
     def _grpc(self, call: GrpcCall) -> Any:
-        channel = self._grpc_channel(call.management)
-        stub: Any = (
-            management_pb2_grpc.ManagementAPIsServiceStub(channel)
-            if call.management
-            else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-        )
+        stub = grpc_stub(self._grpc_channel(call.management), call.management)
         attempts = Attempts(self._core, call)
         while True:
             sent = attempts.call

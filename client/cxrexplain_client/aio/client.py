@@ -25,11 +25,12 @@ from .._core import (
     TimeoutArg,
     explain_payload,
     grpc_error,
+    grpc_stub,
     parse_health,
     stream_cut_short,
     stream_part,
 )
-from .._proto import explain_pb2, inference_pb2_grpc, management_pb2_grpc
+from .._proto import explain_pb2
 from .._retry import USE_CLIENT_DEFAULT
 from ..results import Explanation, Health, ModelDescription, ModelInfo, StreamPart
 
@@ -120,7 +121,7 @@ class AsyncExplainClient(ClientBase):
         """
         request = {"methods": methods, "targets": targets, **options}
         call = self._core.stream(image, model, version, timeout, request)
-        stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._grpc_channel(False))
+        stub = grpc_stub(self._grpc_channel(False), management=False)
         stream = stub.StreamPredictions2(timeout=call.timeout, metadata=call.metadata)
         assembler = codec.StreamAssembler()
         try:
@@ -175,12 +176,7 @@ class AsyncExplainClient(ClientBase):
         return explain_payload(reply)
 
     async def _grpc(self, call: GrpcCall) -> Any:
-        channel = self._grpc_channel(call.management)
-        stub: Any = (
-            management_pb2_grpc.ManagementAPIsServiceStub(channel)
-            if call.management
-            else inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-        )
+        stub = grpc_stub(self._grpc_channel(call.management), call.management)
         attempts = Attempts(self._core, call)
         while True:
             sent = attempts.call
