@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from test_serve_e2e import png_bytes  # tests/e2e is on the path (pytest puts each test folder there)
 
 import cxrexplain_client as cx
 from cxrexplain.models import save_classifier
 from export import cli as export_cli
 from export.launcher import Ports, TorchServe
-from tests.e2e.test_serve_e2e import png_bytes
 
 pytestmark = pytest.mark.serve
 
