@@ -69,11 +69,16 @@ class CxrExplainHandler(BaseHandler):
         clf_cfg = config.get("classifier") or {}
         clf_path = model_dir / clf_cfg.get("weights", "classifier.pt")
         bundle = load_classifier(clf_cfg.get("architecture"), weights=clf_path)
-        autoencoder = None
+        autoencoder, autoencoder_error = None, None
         ae_cfg = config.get("autoencoder")
         ae_path = model_dir / (ae_cfg or {}).get("weights", "autoencoder.pt")
         if ae_cfg is not None or ae_path.exists():
-            autoencoder = load_autoencoder((ae_cfg or {}).get("architecture"), weights=ae_path)
+            try:
+                autoencoder = load_autoencoder((ae_cfg or {}).get("architecture"), weights=ae_path)
+            except Exception as exc:  # degrade, don't fail: every other method still serves
+                log.exception("model %s: its autoencoder %s could not be loaded; serving without latent_shift",
+                              model_name, ae_path.name)
+                autoencoder_error = f"its autoencoder ({ae_path.name}) could not be loaded ({type(exc).__name__})"
         predictor = None
         onnx_name = config.get("onnx", "model.onnx")
         if onnx_name and (model_dir / onnx_name).exists():
@@ -83,7 +88,8 @@ class CxrExplainHandler(BaseHandler):
             bundle, autoencoder, model_name=model_name,
             model_version=str(manifest.get("modelVersion") or bundle.version),
             caps=caps_from_config(config), device=self.device, predict_backend=predictor,
-            telemetry=self.telemetry, default_methods=config.get("default_methods"))
+            telemetry=self.telemetry, default_methods=config.get("default_methods"),
+            autoencoder_error=autoencoder_error)
         self.initialized = True
         self.telemetry.worker_started(self.device.type)
         log.info("model %s loaded: %d labels, autoencoder=%s, predictions via %s, methods %s", model_name,

@@ -18,7 +18,14 @@ import httpx
 from . import codec
 from ._core import ClientCore, GrpcCall, RestCall, grpc_error
 from ._retry import Outcome, RetryState
-from .errors import CxrExplainClientError, Unauthorized, connection_error, timeout_error, worker_died
+from .errors import (
+    PERMANENT_UNAVAILABLE,
+    CxrExplainClientError,
+    Unauthorized,
+    connection_error,
+    timeout_error,
+    worker_died,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,8 @@ def retry_outcome(error: CxrExplainClientError) -> Outcome | None:
     refused key; ``None``: the answer stands (other 4xx and 500s, a full queue, a timeout)."""
     if isinstance(error, Unauthorized):
         return Outcome.UNAUTHORIZED
+    if error.error_type in PERMANENT_UNAVAILABLE:
+        return None
     if error.status == 503 or error.grpc_code == "UNAVAILABLE":
         return Outcome.UNAVAILABLE
     if worker_died(error):

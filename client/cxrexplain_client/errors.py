@@ -94,6 +94,11 @@ _HINTS = {
 }
 
 
+PERMANENT_UNAVAILABLE = frozenset({"autoencoder_unavailable"})
+"""503 answers of the service that waiting does not cure (a part of the model could not be loaded on the
+server): raised as :class:`ServerUnavailable`, never retried."""
+
+
 def _class_for_http(status: int, error_type: str | None) -> type[CxrExplainClientError]:
     kind = (error_type or "").lower()
     if "invalidkey" in kind or "unauthorized" in kind:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from cxrexplain.bundle import AutoencoderBundle, ClassifierBundle
-from cxrexplain.errors import UnsupportedModel
+from cxrexplain.errors import CxrExplainError, UnsupportedModel
 from cxrexplain.methods import base as registry
 
 from .wire import explain_pb2
 
 INTENDED_USE = "Research use only: not for diagnostic use"
+
+
+class AutoencoderUnavailable(CxrExplainError):
+    """The archive has an autoencoder, but this worker could not load it: ``latent_shift`` is unavailable until
+    the operator fixes the archive, while every other method serves (503, and no use retrying)."""
+
+    http_status = 503
+    code = "autoencoder_unavailable"
 
 
 def available_methods(bundle: ClassifierBundle, autoencoder: AutoencoderBundle | None) -> list[str]:

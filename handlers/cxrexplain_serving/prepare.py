@@ -19,6 +19,7 @@ from cxrexplain.methods import base as registry
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import InputSpec
 
+from .capabilities import AutoencoderUnavailable
 from .caps import CostCaps, price
 from .options import RequestOptions, check_request_id, negotiate, parse_options, with_header_options
 from .rows import KINDS, RowRequest, RowState, elapsed_ms, safe_request_id
@@ -42,18 +43,23 @@ class Preparer:
         Methods of an explain request that names none.
     has_autoencoder
         Whether ``latent_shift`` can run.
+    autoencoder_error
+        Why the archive's autoencoder could not be loaded, when it could not (``latent_shift`` then answers 503
+        with it; without an autoencoder in the archive at all it answers 422).
     telemetry
         Counts decode errors.
     """
 
     def __init__(self, input_spec: InputSpec, caps: CostCaps, *, labels: int, methods: Sequence[str],
-                 default_methods: Sequence[str], has_autoencoder: bool, telemetry: Telemetry):
+                 default_methods: Sequence[str], has_autoencoder: bool, telemetry: Telemetry,
+                 autoencoder_error: str | None = None):
         self.input_spec = input_spec
         self.labels = labels
         self.caps = caps
         self.methods = tuple(methods)
         self.default_methods = tuple(default_methods)
         self.has_autoencoder = has_autoencoder
+        self.autoencoder_error = autoencoder_error
         self.telemetry = telemetry
 
     def prepare(self, index: int, row: RowRequest) -> RowState:
@@ -100,6 +106,10 @@ class Preparer:
     def _build_methods(self, state: RowState) -> None:
         opts = state.options
         state.methods = opts.methods or self.default_methods
+        if "latent_shift" in state.methods and self.autoencoder_error:
+            raise AutoencoderUnavailable(
+                f"latent_shift is unavailable on this server: {self.autoencoder_error}. The other methods serve "
+                f"({', '.join(self.methods)}); the operator must re-export the archive with a valid autoencoder")
         if "latent_shift" in state.methods and not self.has_autoencoder:
             raise AutoencoderRequired(
                 "latent_shift needs an autoencoder and this model's archive has none: ask for another "

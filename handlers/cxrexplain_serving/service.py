@@ -65,6 +65,9 @@ class ExplainService:
     default_methods
         Methods for an explain request that names none (default: ``cam`` when the head allows, else
         ``gradcam``).
+    autoencoder_error
+        Why the archive's autoencoder could not be loaded, if it could not: the worker serves without it and
+        ``latent_shift`` answers 503 naming the cause.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class ExplainService:
         predict_backend: Predictor | None = None,
         telemetry: Telemetry | None = None,
         default_methods: Sequence[str] | None = None,
+        autoencoder_error: str | None = None,
     ):
         self.bundle = classifier_bundle
         self.autoencoder = autoencoder_bundle
@@ -94,7 +98,8 @@ class ExplainService:
         self.default_methods = tuple(default_methods)
         self.preparer = Preparer(classifier_bundle.input_spec, self.caps, labels=len(classifier_bundle.labels),
                                  methods=self.methods, default_methods=self.default_methods,
-                                 has_autoencoder=autoencoder_bundle is not None, telemetry=self.telemetry)
+                                 has_autoencoder=autoencoder_bundle is not None, telemetry=self.telemetry,
+                                 autoencoder_error=autoencoder_error)
         self.responses = ResponseBuilder(classifier_bundle, model_name=model_name, model_version=model_version)
 
     def handle_batch(self, rows: Sequence[RowRequest], emit: Emit | None = None) -> list[RowResult]:

@@ -683,6 +683,17 @@ def test_rest_retries_503_then_succeeds(http_server: tuple[str, HttpState]) -> N
     assert len(state.requests) == 3  # two 503s, then the answer
 
 
+def test_rest_does_not_retry_a_model_part_the_server_could_not_load(http_server: tuple[str, HttpState]) -> None:
+    # The handler's 503 for a latent_shift whose autoencoder failed to load: waiting does not cure it.
+    url, state = http_server
+    body = _handler_error(503, "autoencoder_unavailable", "latent_shift is unavailable on this server")
+    state.script.extend([(503, JSON, body)] * 3)
+    with cx.ExplainClient(url, retry_policy=FAST) as client, pytest.raises(
+            cx.ServerUnavailable, match="latent_shift is unavailable") as info:
+        client.explain(png_bytes(), "m", methods="latent_shift")
+    assert info.value.error_type == "autoencoder_unavailable" and len(state.requests) == 1
+
+
 def test_rest_gives_up_after_retries(http_server: tuple[str, HttpState]) -> None:
     url, state = http_server
     state.script.extend([(503, {}, b"")] * 10)

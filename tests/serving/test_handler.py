@@ -203,6 +203,34 @@ def test_loads_by_bare_module_name_and_counts_the_worker_start(tmp_path, monkeyp
     assert not description.has_autoencoder and "latent_shift" not in description.methods
 
 
+def test_a_broken_autoencoder_file_degrades_to_the_other_methods(tmp_path, monkeypatch, caplog):
+    """A worker whose autoencoder cannot be loaded still starts: every other method serves, latent_shift
+    answers 503 naming the file, and the next request is served."""
+    monkeypatch.syspath_prepend(str(ROOT / "handlers"))
+    model_dir = make_model_dir(tmp_path, with_autoencoder=True)
+    (model_dir / "autoencoder.pt").write_bytes(b"not a weights file")
+    threads = torch.get_num_threads()
+    with caplog.at_level(logging.ERROR):
+        service = TsModelLoader().load("cxr-test", str(model_dir), "cxrexplain_handler.py", None, 4, None, True,
+                                       metrics_cache())
+    torch.set_num_threads(threads)
+    assert any("autoencoder.pt could not be loaded" in r.getMessage() for r in caplog.records)
+    rows, _ = run(service, [
+        ("cam", REST, [("data", "image/png", png()), ("methods", "text/plain", b"cam")]),
+        ("ls", REST, [("data", "image/png", png()), ("methods", "text/plain", b"cam,latent_shift")]),
+        ("describe", REST, [("describe", "text/plain", b"true")]),
+    ])
+    by_id = {r["request_id"]: r for r in rows}
+    assert by_id["cam"]["status"] == 200 and [h.method for h in message(by_id["cam"]).heatmaps] == ["cam"]
+    refused = json.loads(by_id["ls"]["body"])["error"]
+    assert (by_id["ls"]["status"], refused["type"]) == (503, "autoencoder_unavailable")
+    assert "autoencoder.pt" in refused["message"] and "cam" in refused["message"]
+    description = message(by_id["describe"]).description
+    assert not description.has_autoencoder and "latent_shift" not in description.methods
+    (again,), _ = run(service, [("again", REST, [("data", "image/png", png(3))])])
+    assert again["status"] == 200
+
+
 def test_mixed_rest_batch_gets_per_row_status_type_and_request_id(worker):
     rows, intermediate = run(worker, [
         ("id-predict", REST, [("body", "image/png", png())]),
