@@ -2,7 +2,8 @@
 
 Every check here runs from the request's options alone (:func:`price`), before any method object is built or
 pixel decoded: a request over a cap is answered 422 with what to ask for instead. ``targets=positive`` is priced
-at its worst case, every label; after the prediction pass its exact count is checked again (the one late check).
+at the most targets it can resolve to and still pass the target cap (:func:`price`); after the prediction pass
+its exact count meets that cap (the one late check).
 The response-size cap matters beyond cost: a reply above TorchServe's ``max_response_size`` makes the frontend
 drop the worker's channel, and with it the whole batch.
 """
@@ -23,7 +24,6 @@ from .options import JSON
 from .rows import RowState
 
 DTYPE_BYTES = {"float16": 2, "float32": 4}
-DEFAULT_FRAMES = 10  # K of the latent-shift method ([Cohen2021]; README, Methods)
 _JSON_OVERHEAD = 4 / 3  # base64 of every bytes field in the proto JSON mapping
 
 
@@ -81,8 +81,8 @@ def option(row: RowState, method: str, name: str) -> Any:
 
 
 def frames(row: RowState) -> int:
-    """K, the latent-shift frames the row asks for (its option, else the default)."""
-    return int(option(row, "latent_shift", "frames") or DEFAULT_FRAMES)
+    """K, the latent-shift frames the row asks for (its option, else the schema's default)."""
+    return int(option(row, "latent_shift", "frames"))
 
 
 def steps(row: RowState) -> int | None:
@@ -161,13 +161,9 @@ def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int, ta
 
 def method_cost(row: RowState, name: str) -> int:
     """Work units of one method for one target, from the row's options alone: what the method declares
-    (:meth:`~cxrexplain.methods.base.Method.cost_of`), at least its frames or steps."""
-    declared = int(registry.REGISTRY[name].cost_of(row.method_options.get(name, {})))
-    if name == "latent_shift":  # the lambda search plus one decoded frame each: at least 2 per frame
-        return max(declared, 2 * frames(row))
-    if name == "integrated_gradients":
-        return max(declared, steps(row) or 1)
-    return max(declared, 1)
+    (:meth:`~cxrexplain.methods.base.Method.cost_of`: latent shift counts its search and frames, integrated
+    gradients its steps), at least 1."""
+    return max(int(registry.REGISTRY[name].cost_of(row.method_options.get(name, {}))), 1)
 
 
 def estimate_response_bytes(row: RowState, size: int, labels: int, targets: int | None = None) -> int:

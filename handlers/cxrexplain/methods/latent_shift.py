@@ -236,7 +236,9 @@ class LatentShift(Method):
         kmax = grid_steps(o["max_lambda"], o["step"] * (0.25 if o["direction"] == "logit" else 1.0))
         search = {"fast": 2 * fast_evaluations_bound(kmax), "exhaustive": 2 * kmax,
                   "app_c": kmax, "reference_walk": kmax + 9}.get(o["search"], 2 * kmax)
-        return 1 + int(o["frames"]) + search
+        # The search's passes plus one decoded frame each; never under 2 per frame (each frame is a decode and a
+        # classification, even when the search reuses some of them).
+        return max(1 + int(o["frames"]) + search, 2 * int(o["frames"]))
 
     def _searches(self, p0: list[float]) -> list[tuple[int, Search]]:
         searches: list[tuple[int, Search]] = []
