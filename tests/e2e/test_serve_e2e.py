@@ -18,14 +18,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
+from served import build_store, parse, png_bytes
 
-from cxrexplain.models import save_autoencoder, save_classifier
 from cxrexplain_client import codec
 from cxrexplain_client._proto import explain_pb2, inference_pb2, inference_pb2_grpc
 from cxrexplain_serving.options import OPTIONS_HEADER
-from export import cli as export_cli
 from export.launcher import Ports, TorchServe
 
 pytestmark = pytest.mark.serve
@@ -33,33 +31,17 @@ pytestmark = pytest.mark.serve
 ALL_METHODS = ["cam", "gradcam", "lrp", "rap", "saliency", "guided_backprop", "integrated_gradients", "latent_shift"]
 
 
-def png_bytes(image01: np.ndarray, bits: int = 8) -> bytes:
-    buf = io.BytesIO()
-    if bits == 16:
-        Image.fromarray((image01 * 65535).astype(np.uint16)).save(buf, format="PNG")
-    else:
-        Image.fromarray((image01 * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, phantom_classifier, phantom_autoencoder) -> Path:
     """Archives built by ``cxrexplain-export`` from weights saved the way users save theirs."""
-    root = tmp_path_factory.mktemp("export")
-    save_classifier(phantom_classifier, root / "weights" / "clf.pt")
-    save_autoencoder(phantom_autoencoder, root / "weights" / "ae.pt")
-    recipe = {"models": [
+    return build_store(tmp_path_factory.mktemp("export"), [
         {"name": "cxr", "kind": "classifier", "architecture": "densenet_small", "weights": "weights/clf.pt",
          "autoencoder": "cxr-ae", "batch_size": 4, "max_batch_delay_ms": 200, "version": "1.0",
          "caps": {"max_work_units": 400}, "stream": True},
         {"name": "cxr-noae", "kind": "classifier", "architecture": "densenet_small", "weights": "weights/clf.pt",
          "onnx": False, "batch_size": 1},
         {"name": "cxr-ae", "kind": "autoencoder", "architecture": "resnet_ae_small", "weights": "weights/ae.pt"},
-    ]}
-    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    store = root / "model_store"
-    assert export_cli.main([str(root / "recipe.yaml"), "--store", str(store)]) == 0
-    return store
+    ], phantom_classifier, phantom_autoencoder)
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +65,6 @@ def post(server: TorchServe, path: str, files=None, data=None, content=None, hea
 def explain_rest(server, image, model="cxr", **options) -> httpx.Response:
     fields = {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in options.items()}
     return post(server, f"/explanations/{model}", files={"data": ("x.png", image, "image/png")}, data=fields)
-
-
-def parse(response: httpx.Response) -> explain_pb2.ExplainResponse:
-    from google.protobuf import json_format
-
-    msg = explain_pb2.ExplainResponse()
-    if response.headers.get("content-type", "").startswith("application/x-protobuf"):
-        msg.ParseFromString(response.content)
-    else:
-        json_format.Parse(response.text, msg)
-    return msg
 
 
 def as_array(m: explain_pb2.Map) -> np.ndarray:

@@ -17,12 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from test_serve_e2e import png_bytes  # tests/e2e is on the path (pytest puts each test folder there)
+from served import build_store, png_bytes
 
 import cxrexplain_client as cx
-from cxrexplain.models import save_classifier
-from export import cli as export_cli
 from export.launcher import Ports, TorchServe
 
 pytestmark = pytest.mark.serve
@@ -46,12 +43,9 @@ def _workers(ts: TorchServe) -> list[dict]:
 
 
 def test_killed_worker_loses_no_call(tmp_path: Path, phantom_classifier, phantom_batch) -> None:
-    save_classifier(phantom_classifier, tmp_path / "weights" / "clf.pt")
-    recipe = {"models": [{"name": "cxr", "kind": "classifier", "architecture": "densenet_small",
-                          "weights": "weights/clf.pt", "onnx": False, "batch_size": 1}]}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    store = tmp_path / "model_store"
-    assert export_cli.main([str(tmp_path / "recipe.yaml"), "--store", str(store)]) == 0
+    store = build_store(tmp_path, [{"name": "cxr", "kind": "classifier", "architecture": "densenet_small",
+                                     "weights": "weights/clf.pt", "onnx": False, "batch_size": 1}],
+                        phantom_classifier)
     image = png_bytes(phantom_batch[0].image)
     retries = _Retries()
     sdk_log = logging.getLogger("cxrexplain_client")
