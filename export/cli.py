@@ -70,6 +70,8 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
                                  "intended_use": INTENDED_USE}
         if entry.torch_threads:
             serve["torch_threads"] = entry.torch_threads  # read by the handler's initialize
+        if not entry.warm_up:
+            serve["warm_up"] = False  # the handler warms up unless told not to
         if entry.kind == "classifier":
             bundle = load_classifier(
                 entry.architecture, weights=entry.weights, labels=entry.labels,

@@ -17,6 +17,7 @@ models:
     torch_threads: 2              # optional: torch threads per worker (default: torch's, the physical cores)
     onnx: true                    # write the ONNX predictions fast path (classifiers)
     stream: false                 # also write <name>-stream.mar, the twin gRPC StreamPredictions2 calls
+    warm_up: true                 # answer one request of each kind at worker start (first request at warm speed)
   - name: cxr-ae
     kind: autoencoder
     architecture: resnet_ae_small
@@ -64,6 +65,7 @@ class ModelEntry:
     torch_threads: int | None = None
     onnx: bool = True
     stream: bool = False
+    warm_up: bool = True
     caps: dict[str, int] = field(default_factory=dict)
 
 
@@ -71,7 +73,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "kind": (str,), "architecture": (str,), "weights": (str,), "labels": (list,),
     "input_spec": (dict,), "op_thresholds": (list,), "cam_layer": (str,), "autoencoder": (str,),
     "version": (str, int, float), "batch_size": (int,), "max_batch_delay_ms": (int,), "workers": (int,),
-    "torch_threads": (int,), "onnx": (bool,), "stream": (bool,), "caps": (dict,),
+    "torch_threads": (int,), "onnx": (bool,), "stream": (bool,), "warm_up": (bool,),
+    "caps": (dict,),
 }
 
 

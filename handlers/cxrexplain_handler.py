@@ -12,7 +12,8 @@ Archive layout (the archive root is the model directory; ``--extra-files`` puts 
     autoencoder.pt           optional: backs latent_shift, with its sidecar autoencoder.json
     model.onnx               optional: predictions fast path (input "x", output logits)
     serve.json               optional: {"classifier": {"weights", "architecture"}, "autoencoder": {...},
-                             "onnx": "model.onnx", "caps": {...}, "default_methods": [...], "torch_threads": n}
+                             "onnx": "model.onnx", "caps": {...}, "default_methods": [...], "torch_threads": n,
+                             "warm_up": false}
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from cxrexplain_serving.responses import internal_error
 from cxrexplain_serving.rows import RowRequest
 from cxrexplain_serving.service import ExplainService
 from cxrexplain_serving.telemetry import MetricSpec, Telemetry, new_request_id
+from cxrexplain_serving.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,7 @@ class CxrExplainHandler(BaseHandler):
             caps=caps_from_config(config), device=self.device, predict_backend=predictor,
             telemetry=self.telemetry, default_methods=config.get("default_methods"),
             autoencoder_error=autoencoder_error)
-        self.initialized = True
-        self.telemetry.worker_started(self.device.type)
+        self._start_warm(config)
         log.info("model %s loaded: %d labels, autoencoder=%s, predictions via %s, methods %s", model_name,
                  len(bundle.labels), autoencoder is not None,
                  ",".join(predictor.providers) if predictor else "eager", ",".join(self.service.methods))
@@ -103,9 +104,18 @@ class CxrExplainHandler(BaseHandler):
         self.service = AutoencoderService(
             bundle, model_name=model_name, model_version=str(manifest.get("modelVersion") or bundle.version),
             caps=caps_from_config(config), device=self.device, telemetry=self.telemetry)
+        self._start_warm(config)
+        log.info("autoencoder %s loaded (%s)", model_name, bundle.architecture)
+
+    def _start_warm(self, config: dict[str, Any]) -> None:
+        """Pay every first-use cost before the worker reports ready (cxrexplain_serving.warmup), unless the
+        archive says ``"warm_up": false`` (a faster worker start, a slower first request of each kind)."""
+        if config.get("warm_up", True):
+            report = warm_up(self.service)
+            log.info("warm-up: %.1f s, %s", report["seconds"],
+                     " ".join(f"{kind}={status}" for kind, status in report["status"].items()))
         self.initialized = True
         self.telemetry.worker_started(self.device.type)
-        log.info("autoencoder %s loaded (%s)", model_name, bundle.architecture)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         """One answer per row; each row gets its own status, content type and ``x-request-id``."""

@@ -74,7 +74,7 @@ def test_unknown_architecture_is_a_clear_cli_error(tmp_path, weights, capsys):
 
 
 def test_export_builds_archive_and_manifest(tmp_path, weights):
-    recipe = write_recipe(tmp_path, [entry(batch_size=2, version="2.0", torch_threads=1)])
+    recipe = write_recipe(tmp_path, [entry(batch_size=2, version="2.0", torch_threads=1, warm_up=False)])
     store = tmp_path / "store"
     assert cli.main([str(recipe), "--store", str(store)]) == 0
     manifest = json.loads((store / "manifest.json").read_text())["models"]
@@ -87,7 +87,8 @@ def test_export_builds_archive_and_manifest(tmp_path, weights):
                      "model.onnx", "serve.json", "MAR-INF/MANIFEST.json"):
         assert required in names, required
     assert not any("__pycache__" in n for n in names)
-    assert json.loads(zipfile.ZipFile(store / "m.mar").read("serve.json"))["torch_threads"] == 1
+    serve = json.loads(zipfile.ZipFile(store / "m.mar").read("serve.json"))
+    assert serve["torch_threads"] == 1 and serve["warm_up"] is False  # read by the handler's initialize
     assert not list(store.glob(".export-*"))  # no staging left behind
 
 

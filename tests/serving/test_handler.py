@@ -196,6 +196,12 @@ def test_loads_by_bare_module_name_and_counts_the_worker_start(tmp_path, monkeyp
     assert len(starts) == 1 and starts[0] is not None
     assert starts[0].group(3) == "1.0" and starts[0].group(4) == "ModelName:cxr-test,Device:cpu"
     assert starts[0].group(6) == "COUNTER"
+    # started warm: one request of every kind answered before the worker was ready, none of them counted as traffic
+    (warm,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warm-up:")]
+    (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model cxr-test loaded")]
+    methods = loaded.rsplit("methods ", 1)[1].split(",")
+    assert len(methods) == 7 and warm.split(", ", 1)[1].split() == [f"{k}=200" for k in ("predict", *methods)]
+    assert not [line for line in lines if line.startswith("cxrexplain_requests_total")]
     (row,), _ = run(service, [("d", REST, [("describe", "text/plain", b"true")])])
     description = message(row).description
     assert list(description.labels) == LABELS and list(description.operating_points) == pytest.approx(

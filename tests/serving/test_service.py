@@ -617,3 +617,21 @@ def test_deflated_dicom_over_the_pixel_cap_is_a_400_before_it_is_inflated(servic
     assert result.status == 400 and msg.error.type == "invalid_input"
     assert "16384 x 16384" in msg.error.message and "limit of 40000000 pixels" in msg.error.message
     assert growth_mb <= 300, growth_mb  # before issue #10: +1,033 MB
+
+
+def test_warm_up_answers_every_kind_once_without_counting_it_as_traffic(bundle):
+    from cxrexplain_serving.autoencoder_service import AutoencoderService
+    from cxrexplain_serving.telemetry import Telemetry
+    from cxrexplain_serving.warmup import warm_up
+
+    emitted: list[str] = []
+    telemetry = Telemetry("m", lambda spec, *_: emitted.append(spec.name))
+    svc = ExplainService(bundle, make_autoencoder(), model_name="m", model_version="1", device="cpu",
+                         telemetry=telemetry)
+    report = warm_up(svc)
+    assert report["status"] == {"predict": 200, **{method: 200 for method in svc.methods}}
+    assert "latent_shift" in report["status"] and emitted == []
+    (result,) = svc.handle_batch([row(methods="cam")])  # the sink is back for real requests
+    assert result.status == 200 and "cxrexplain_requests_total" in emitted
+    ae = AutoencoderService(make_autoencoder(), model_name="ae", model_version="1", device="cpu")
+    assert warm_up(ae)["status"] == {"reconstruct": 200, "encode": 200}
