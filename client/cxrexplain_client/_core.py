@@ -260,6 +260,15 @@ class ClientCore:
         deadline = self.settings.pick_timeout(timeout)
         return GrpcCall("StreamPredictions2", request, self.settings.grpc_target, deadline, self._metadata())
 
+    @staticmethod
+    def restream(call: GrpcCall) -> GrpcCall:
+        """``call`` (a stream) to send again: the same request and request id under a fresh sequence id, since
+        TorchServe keeps a sequence bound to the worker that served it, which may be the one that died."""
+        request = type(call.request)()
+        request.CopyFrom(call.request)
+        request.sequence_id = uuid.uuid4().hex
+        return replace(call, request=request)
+
     def health(self, transport: str | None, timeout: TimeoutArg) -> RestCall | GrpcCall:
         """``/ping`` or gRPC ``Ping`` (TorchServe 0.12 wants the token here too)."""
         deadline = self.settings.pick_timeout(timeout)

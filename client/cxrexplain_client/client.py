@@ -195,7 +195,27 @@ class ExplainClient(ClientBase):
         sequence id: TorchServe 0.12 refuses a stream without one.
         """
         request = {"methods": methods, "targets": targets, **options}
-        call = self._core.stream(image, model, version, timeout, request)
+        # Retried like a unary call (same request id, fresh sequence id) until its first part has arrived;
+        # after that a failure is raised, since the parts already yielded cannot be taken back.
+        attempts = Attempts(self._core, self._core.stream(image, model, version, timeout, request))
+        while True:
+            parts = self._stream_once(attempts.call)
+            try:
+                first = next(parts)
+            except grpc.RpcError as exc:
+                delay = attempts.after_grpc_error(exc)
+            else:
+                yield first
+                try:
+                    yield from parts
+                except grpc.RpcError as exc:
+                    raise grpc_error(exc, attempts.call.target, attempts.call.timeout) from exc
+                return
+            time.sleep(delay)
+            attempts.call = self._core.restream(attempts.call)
+
+    def _stream_once(self, call: GrpcCall) -> Iterator[StreamPart]:
+        """One ``StreamPredictions2`` call's parts; a failed call raises its ``grpc.RpcError``."""
         # TorchServe ends the response stream as soon as the client half-closes, so the request stream stays
         # open until the last part has arrived.
         finished = threading.Event()
@@ -213,8 +233,6 @@ class ExplainClient(ClientBase):
                 yield part
                 if part.last:
                     break
-        except grpc.RpcError as exc:
-            raise grpc_error(exc, call.target, call.timeout) from exc
         finally:
             finished.set()
             if not assembler.finished:

@@ -241,6 +241,9 @@ class Inference(inference_pb2_grpc.InferenceAPIsServiceServicer):
     def StreamPredictions2(self, request_iterator: Any, context: Any) -> Iterator[inference_pb2.PredictionResponse]:
         # Like TorchServe: each request's parts are sent as they are ready, and the response stream ends
         # as soon as the client half-closes, whether or not parts are still pending.
+        if self.script:  # fail the call after its request, before any part (a dead or a missing worker)
+            self._record("StreamPredictions2", next(request_iterator), context)
+            context.abort(*self.script.pop(0))
         out: queue.Queue[inference_pb2.PredictionResponse | None] = queue.Queue()
 
         def reader() -> None:

@@ -22,6 +22,7 @@ from servers import (
     Management,
     png_bytes,
     request_handler,
+    stream_parts,
     ts_error,
 )
 
@@ -175,6 +176,34 @@ def test_grpc_retries_unavailable_and_a_dead_worker_with_one_request_id(
     inference.script.append(WORKER_DIED_GRPC_500)
     _explain(mode, "grpc", grpc_target=target, retry_policy=FAST_BUDGET)
     assert len(inference.calls) == 6
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stream_is_retried_until_its_first_part_with_one_request_id(
+    grpc_server: tuple[str, Inference, Management], mode: str
+) -> None:
+    target, inference, _ = grpc_server
+    inference.stream_parts = stream_parts()
+    inference.script.extend([UNAVAILABLE_GRPC, WORKER_DIED_GRPC])
+
+    async def parts_async() -> list[cx.StreamPart]:
+        async with cx.AsyncExplainClient(grpc_target=target, retry_policy=FAST_BUDGET) as client:
+            return [p async for p in client.stream_explain(png_bytes(), "m", request_id="stream-1")]
+
+    if mode == "sync":
+        with cx.ExplainClient(grpc_target=target, retry_policy=FAST_BUDGET) as client:
+            parts = list(client.stream_explain(png_bytes(), "m", request_id="stream-1"))
+    else:
+        parts = asyncio.run(parts_async())
+    assert parts[-1].last and parts[0].kind == "findings"
+    requests = [c[1] for c in inference.calls]
+    assert len(requests) == 3 and {r.input["request_id"] for r in requests} == {b"stream-1"}  # type: ignore[union-attr]
+    assert len({r.sequence_id for r in requests}) == 3  # type: ignore[union-attr]  # a fresh sequence each time
+    inference.calls.clear()
+    inference.script.extend([WORKER_DIED_GRPC, WORKER_DIED_GRPC_500])  # a poison image: once, not twice
+    with cx.ExplainClient(grpc_target=target, retry_policy=FAST_BUDGET) as client, pytest.raises(cx.ServerUnavailable):
+        list(client.stream_explain(png_bytes(), "m"))
+    assert len(inference.calls) == 2
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -120,7 +120,27 @@ class AsyncExplainClient(ClientBase):
         Like the sync client, the call goes to the streaming twin ``<model>-stream`` with a fresh sequence id.
         """
         request = {"methods": methods, "targets": targets, **options}
-        call = self._core.stream(image, model, version, timeout, request)
+        # Retried until the first part has arrived, as in the sync client.
+        attempts = Attempts(self._core, self._core.stream(image, model, version, timeout, request))
+        while True:
+            parts = self._stream_once(attempts.call)
+            try:
+                first = await parts.__anext__()
+            except grpc.RpcError as exc:
+                delay = attempts.after_grpc_error(exc)
+            else:
+                yield first
+                try:
+                    async for part in parts:
+                        yield part
+                except grpc.RpcError as exc:
+                    raise grpc_error(exc, attempts.call.target, attempts.call.timeout) from exc
+                return
+            await asyncio.sleep(delay)
+            attempts.call = self._core.restream(attempts.call)
+
+    async def _stream_once(self, call: GrpcCall) -> AsyncIterator[StreamPart]:
+        """One ``StreamPredictions2`` call's parts; a failed call raises its ``grpc.RpcError``."""
         stub = grpc_stub(self._grpc_channel(False), management=False)
         stream = stub.StreamPredictions2(timeout=call.timeout, metadata=call.metadata)
         assembler = codec.StreamAssembler()
@@ -135,8 +155,6 @@ class AsyncExplainClient(ClientBase):
             await stream.done_writing()
             while await stream.read() is not grpc.aio.EOF:  # drain to the server's end of stream
                 pass
-        except grpc.RpcError as exc:
-            raise grpc_error(exc, call.target, call.timeout) from exc
         finally:
             if not assembler.finished:
                 stream.cancel()
