@@ -85,6 +85,9 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
                 ae = _load_autoencoder(by_name[entry.autoencoder])
                 save_autoencoder(ae, staging / AUTOENCODER_WEIGHTS)
                 record["autoencoder"] = {"name": entry.autoencoder, "weights_sha256": ae.sha256}
+                # Named, so a worker that finds the file missing says so (503 for latent_shift) instead of
+                # serving as if the archive never had one.
+                serve["autoencoder"] = {"weights": AUTOENCODER_WEIGHTS, "architecture": ae.architecture}
             if entry.onnx:
                 record["onnx_max_abs_diff"] = export_onnx(bundle, staging / ONNX_MODEL)
             version = bundle.version
