@@ -104,7 +104,7 @@ class _Load:
 
     def _loop(self, ts: TorchServe, image: bytes, transport: str) -> None:
         with cx.ExplainClient(ts.url, ts.grpc_target, token_file=ts.run_dir / "key_file.json",
-                              transport=transport, timeout=60) as client:
+                              transport=transport, timeout=120) as client:
             while not self.stop.is_set():
                 try:
                     assert client.explain(image, "cxr", methods=["cam"], targets="positive").findings
