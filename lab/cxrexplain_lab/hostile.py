@@ -39,8 +39,7 @@ TRANSPORTS: tuple[Transport, ...] = ("rest", "grpc")
 OPTION_BUDGET_MB = 20
 DECODE_BUDGET_MB = 300
 
-# The README's cap (Limits and failure behaviour): at most 40 MP; TorchServe's max_request_size is 64 MiB.
-MAX_PIXELS = 40_000_000
+# TorchServe's max_request_size (model_store/config.properties); the README's pixel cap is 40 MP.
 MAX_REQUEST_BYTES = 64 * 2**20
 
 MODEL = "{model}"  # the served classifier, filled in by the runner (the test's "cxr", the demo's "cxr-densenet")
@@ -325,10 +324,6 @@ def _cached(builder: Callable[[], bytes]) -> bytes:
 
 def same(expect: Expect) -> tuple[Expect, Expect]:
     return expect, expect
-
-
-def _frontend(status: int, error_type: str | None, *codes: str) -> tuple[Expect, Expect]:
-    return Expect("frontend", status, error_type), Expect("frontend", status, error_type, grpc_codes=codes)
 
 
 def _png_30000() -> bytes:
@@ -636,10 +631,6 @@ def corpus() -> list[Case]:
     return body_cases() + request_cases() + frontend_cases() + option_cases()
 
 
-def by_name() -> dict[str, Case]:
-    return {case.name: case for case in corpus()}
-
-
 def walk(cases: list[Case], transport: Transport) -> Iterator[tuple[Case, Expect]]:
     """The cases that exist over ``transport``, with its answer."""
     for case in cases:
@@ -648,5 +639,5 @@ def walk(cases: list[Case], transport: Transport) -> Iterator[tuple[Case, Expect
             yield case, expect
 
 
-__all__ = ["DECODE_BUDGET_MB", "OPTION_BUDGET_MB", "TRANSPORTS", "Case", "Expect", "by_name", "corpus",
+__all__ = ["DECODE_BUDGET_MB", "OPTION_BUDGET_MB", "TRANSPORTS", "Case", "Expect", "corpus",
            "deflate_zeros", "deflated_dicom", "option_cases", "walk"]
