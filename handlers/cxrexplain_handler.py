@@ -158,7 +158,8 @@ class CxrExplainHandler(BaseHandler):
         return RowRequest(
             body=item.get(key),
             content_type=content_type or None,
-            options={k: v for k, v in item.items() if k not in ("data", "body")},
+            # A second image under the other body key stays among the options, which refuse it (400).
+            options={k: v for k, v in item.items() if k != key and v is not None},
             request_id=header("x-request-id") or context.get_request_id(i) or new_request_id(),
             explain_flag=header("explain") == "True",
             accept=header("accept"),

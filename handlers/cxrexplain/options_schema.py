@@ -337,6 +337,8 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
                                                 'default': '32',
                                                 'help': 'path points'},
                                       'baseline': {'type': 'float',
+                                                   'minimum': -1000000,
+                                                   'maximum': 1000000,
                                                    'default': '0.0',
                                                    'help': "constant baseline x' in the model's input space"},
                                       'integration': {'type': 'choice',

@@ -147,13 +147,19 @@ def parse_options(raw: Mapping[str, Any]) -> RequestOptions:
     UnknownMethod
         A method that is not registered (422, the message lists the known ones).
     InvalidInput
-        A value that is not text at all, or an unsafe ``request_id`` (400).
+        A value that is not text at all, an unsafe ``request_id``, or a second image under the other body key
+        (400).
     """
     values: dict[str, Any] = {}
     dotted: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
         name = option_name(key)
-        if name in BODY_KEYS or name.startswith(_TRANSPORT_PREFIX):
+        if name in BODY_KEYS:
+            # The image travels apart from the options: a body key here is a second image, which would be
+            # silently dropped (TorchServe hands 'data' and 'body' to the handler as separate keys).
+            raise InvalidInput("the request carries two images ('data' and 'body'): send one image per "
+                               "request, as the body or as the multipart field 'data'")
+        if name.startswith(_TRANSPORT_PREFIX):
             continue
         if "." in name:
             method, _, option = name.partition(".")

@@ -176,9 +176,11 @@ class ResponseBuilder:
             if maps is None:
                 continue
             for j, target in enumerate(row.resolved_targets):
-                out.append(explain_pb2.Heatmap(
-                    method=method, target=self.bundle.labels[target],
-                    map=wire_map(maps[row.offset + j].numpy(), opts.heatmap_format, opts.heatmap_dtype, False)))
+                try:
+                    values = wire_map(maps[row.offset + j].numpy(), opts.heatmap_format, opts.heatmap_dtype, False)
+                except render.RenderOptionError as exc:  # name the method, whose options made the map this large
+                    raise render.RenderOptionError(f"{method}: {exc}") from exc
+                out.append(explain_pb2.Heatmap(method=method, target=self.bundle.labels[target], map=values))
         return out
 
     def _latent_shifts(self, row: RowState) -> list[explain_pb2.LatentShift]:

@@ -1,9 +1,10 @@
 """Peak memory growth of decoding one large image, measured in a fresh process (run as a script).
 
-``python peak_memory.py CASE [MODEL_SIZE]`` builds the case's bytes cheaply (zlib of zero rows for PNG, a
-streamed deflate for DICOM), warms the decoders on a small image, resets the kernel's peak-RSS mark (``5`` to
-``/proc/self/clear_refs``), decodes and makes the model input, and prints one JSON line: the growth of
-``VmHWM`` over the RSS before decoding, in MiB, and the outcome. Linux only.
+``python peak_memory.py CASE [MODEL_SIZE]`` builds the case's bytes cheaply (the hostile corpus's builders,
+:mod:`cxrexplain_lab.hostile`: repeated deflate blocks of zeros for PNG and deflated DICOM), warms the decoders
+on a small image, resets the kernel's peak-RSS mark (``5`` to ``/proc/self/clear_refs``), decodes and makes the
+model input, and prints one JSON line: the growth of ``VmHWM`` over the RSS before decoding, in MiB, and the
+outcome. Linux only.
 """
 
 from __future__ import annotations
@@ -15,39 +16,9 @@ import sys
 import zlib
 from collections.abc import Callable
 
-import numpy as np
-from PIL import Image
+from cxrexplain_lab.hostile import deflated_dicom, large_jpeg, png_chunk, windowed_dicom, zero_png
 
 SIDE = 7000
-DEFLATED_SIDE = 16384
-DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def png_of_rows(width: int, height: int, depth: int, row: Callable[[int], bytes]) -> bytes:
-    """A gray PNG whose filtered rows (filter byte 0 + samples) come from ``row(y)``, compressed as a stream."""
-    z = zlib.compressobj(6)
-    parts = [z.compress(b"\x00" + row(y)) for y in range(height)]
-    parts.append(z.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts))
-            + _chunk(b"IEND", b""))
-
-
-def zero_png(side: int = SIDE, depth: int = 8) -> bytes:
-    zeros = bytes(side * depth // 8)
-    return png_of_rows(side, side, depth, lambda y: zeros)
-
-
-def large_jpeg(side: int = SIDE) -> bytes:
-    yy, xx = np.ogrid[0:side, 0:side]
-    img = (127 + 60 * np.sin(xx / 90.0) * np.cos(yy / 70.0)).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def rgba_png(side: int = SIDE) -> bytes:
@@ -55,31 +26,7 @@ def rgba_png(side: int = SIDE) -> bytes:
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)
     z = zlib.compressobj(6)
     idat = b"".join([z.compress(b"\x00" + row) for _ in range(side)] + [z.flush()])
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def windowed_dicom(rows: int = 5600, cols: int = 5600) -> bytes:
-    """An uncompressed 16-bit MONOCHROME1 DX with rescale and a window, just under the 64 MiB body cap."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.WindowCenter, ds.WindowWidth = 1000, 1500
-    yy, xx = np.ogrid[0:rows, 0:cols]
-    ds.PixelData = ((2048 + 1500 * np.sin(xx / 90.0) * np.cos(yy / 70.0)).astype(np.uint16)).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def jpegls_dicom(side: int = SIDE) -> bytes:
@@ -94,47 +41,10 @@ def jpegls_dicom(side: int = SIDE) -> bytes:
     return buf.getvalue()
 
 
-def deflated_dicom(side: int = DEFLATED_SIDE) -> bytes:
-    """A 16-bit DX in Deflated Explicit VR Little Endian whose pixel data (zeros) is ``side`` x ``side``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DEFLATED_EXPLICIT_VR_LE
-    ds = Dataset()
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows = ds.Columns = side
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    write_dataset(head, ds)
-    n_bytes = side * side * 2
-    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n_bytes)
-    z = zlib.compressobj(9, zlib.DEFLATED, -15)
-    parts = [z.compress(head.getvalue() + pixel_header)]
-    block = bytes(2**24)
-    for _ in range(n_bytes // len(block)):
-        parts.append(z.compress(block))
-    parts.append(z.compress(bytes(n_bytes % len(block))))
-    parts.append(z.flush())
-    out = DicomBytesIO()
-    out.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    return out.getvalue() + b"".join(parts)
-
-
 CASES: dict[str, Callable[[], tuple[bytes, str]]] = {
-    "png8": lambda: (zero_png(depth=8), "image/png"),
-    "png16": lambda: (zero_png(depth=16), "image/png"),
-    "jpeg": lambda: (large_jpeg(), "image/jpeg"),
+    "png8": lambda: (zero_png(SIDE, depth=8), "image/png"),
+    "png16": lambda: (zero_png(SIDE, depth=16), "image/png"),
+    "jpeg": lambda: (large_jpeg(SIDE), "image/jpeg"),
     "dicom_deflated": lambda: (deflated_dicom(), "application/dicom"),
     "png_rgba": lambda: (rgba_png(), "image/png"),
     "dicom_windowed": lambda: (windowed_dicom(), "application/dicom"),

@@ -285,6 +285,21 @@ def test_grpc_rows_default_to_binary_and_unary_stream_is_refused_without_wedging
     assert after["status"] == 200 and len(message(after).findings) == len(LABELS)
 
 
+def test_two_images_in_one_request_are_refused_not_half_read(worker):
+    """'data' and 'body' both hold an image (a multipart request with both fields, a gRPC map with both keys):
+    400 naming the fault, where the second image used to be dropped silently."""
+    rows, _ = run(worker, [
+        ("two-rest", REST, [("data", "image/png", png()), ("body", "image/png", png(1))]),
+        ("two-grpc", {}, [("data", "", png()), ("body", "", png(1))]),
+        ("one", REST, [("data", "image/png", png())]),
+    ])
+    for row in rows[:2]:
+        error = message(row).error
+        assert row["status"] == error.code == 400 and error.type == "invalid_input", error.message
+        assert "two images" in error.message
+    assert rows[2]["status"] == 200
+
+
 def test_stream_predictions2_sends_parts_then_the_last_one(worker):
     sequence = {"ts_request_sequence_id": "seq-1", "ts_request_sequence_end": "true"}
     rows, intermediate = run(worker, [

@@ -20,6 +20,7 @@ from cxrexplain.models import build_classifier
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
 from cxrexplain_imageio import decode_image
+from cxrexplain_lab.hostile import deflated_dicom
 from cxrexplain_serving.caps import CostCaps
 from cxrexplain_serving.options import PROTOBUF, parse_options, with_header_options
 from cxrexplain_serving.predictor import OnnxPredictor
@@ -567,19 +568,6 @@ def test_npy_body_with_value_range(service):
 # --------------------------------------------------------------------------------------------- memory budget
 
 
-def _probe():
-    """tests/imageio/peak_memory.py, the builders of the issue's large inputs (tests/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "imageio" / "peak_memory.py"
-    spec = importlib.util.spec_from_file_location("peak_memory", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -606,7 +594,7 @@ def test_large_image_is_decoded_reduced_with_the_original_geometry(service, bund
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS reset needs Linux /proc")
 def test_deflated_dicom_over_the_pixel_cap_is_a_400_before_it_is_inflated(service):
-    data = _probe().deflated_dicom()  # 16384 x 16384 x 16 bits: 512 MiB inflated, ~0.5 MB on the wire
+    data = deflated_dicom()  # 16384 x 16384 x 16 bits: 512 MiB inflated, ~0.5 MB on the wire
     assert len(data) < 2**20
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

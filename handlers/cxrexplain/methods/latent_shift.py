@@ -222,10 +222,13 @@ class LatentShift(Method):
             "frames": self.frames >= 2, "max_lambda": self.max_lambda > 0, "step": self.step > 0,
             "batch_size": self.batch_size >= 0, "fall": 0 < self.fall < 1, "rise": self.rise > 0,
         }
+        ranges = {"frames": "2 or more", "max_lambda": "a number above 0", "step": "a number above 0",
+                  "batch_size": "0 (by device) or more", "fall": "a fraction between 0 and 1, both excluded",
+                  "rise": "a number above 0"}
         for key, ok in checks.items():
             if not ok:
                 allowed = {"direction": DIRECTIONS, "map": MAPS, "search": SEARCHES}.get(key)
-                hint = f"one of {', '.join(allowed)}" if allowed else "see the method's documentation"
+                hint = f"one of {', '.join(allowed)}" if allowed else ranges[key]
                 raise InvalidOption(f"latent_shift: {key}={getattr(self, key)!r} is not valid; use {hint}")
 
     @classmethod
