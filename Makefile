@@ -11,12 +11,14 @@ RUN_DIR := .run
 # fresh machine); otherwise `make` names them and stops.
 SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus
 
-.PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop clean
+.PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop clean gpu-check
 
 help:
 	@echo "make serve   install, train+export the demo archives, start TorchServe on localhost"
 	@echo "make stop    stop the demo TorchServe"
 	@echo "make test    install, lint, type-check, run the tests (real TorchServe included)"
+	@echo "make gpu-check  on a CUDA machine, with its python3 (no .venv): every method on the GPU against the CPU"
+	@echo "             and its cost there, as Markdown in $(GPU_CHECK_OUT) (GPU_CHECK_OUT=..., PYTHON=...)"
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required: apt-get install python3.11 python3.11-venv (or set PYTHON=...)"; exit 1; }
@@ -61,6 +63,14 @@ serve: archives java
 
 stop:
 	$(BIN)/python -m export.launcher stop --run-dir $(RUN_DIR)
+
+# A lent GPU machine has its own python3 and torch but none of .venv's packages, Java or a registry: so this
+# target needs no venv and runs a module that imports only the engine, torch and the standard library.
+# Not OUT: that name is often an environment variable (make imports those).
+GPU_CHECK_OUT ?= build/gpu_check.md
+gpu-check: PYTHON = python3
+gpu-check:
+	PYTHONPATH=handlers $(PYTHON) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)
 
 clean: stop
 	rm -rf $(RUN_DIR) model_store/*.mar model_store/manifest.json
