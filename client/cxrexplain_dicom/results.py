@@ -13,7 +13,7 @@ from cxrexplain_client.results import Explanation, LatentShiftResult, ModelDescr
 
 from .cine import latent_shift_cine
 from .pmap import parametric_map
-from .source import Algorithm, SourceLink, mark_derived
+from .source import NOT_FOR_DIAGNOSTIC_USE, Algorithm, SourceLink, mark_derived
 from .sr import findings_sr
 
 OUTPUTS = ("sr", "parametric_map", "secondary_capture", "latent_shift_cine")
@@ -100,6 +100,8 @@ def dicom_results(
         series = generate_uid()
         for number, (_, res, method) in enumerate(maps, start=1):
             sc = res.to_dicom(source, method, series_instance_uid=series, instance_number=number)
+            # The series' description, not one map's: the overlays of this explanation share the series.
+            sc.SeriesDescription = f"cxrexplain overlays - {NOT_FOR_DIAGNOSTIC_USE}"
             mark_derived(sc, link, algorithm)
             out.secondary_captures.append(sc)
     shifts = [res.latent_shift for res in explanation.results.values() if _has_frames(res.latent_shift)]

@@ -1,10 +1,10 @@
 """What passes from a source instance to the objects derived from it, and who made them.
 
 :class:`SourceLink` is the only reader of the source dataset: it keeps the patient link (Patient ID and Name),
-the study, the references to the source instance and its pixel grid, and nothing else, so no writer can
-copy more of the patient by accident (highdicom copies whole Patient and Study modules from what it is given;
-it is given :attr:`SourceLink.dataset`). :class:`Algorithm` is the model that answered, identified as the IHE
-AI Results profile asks: Contributing Equipment here, TID 4019 in the SR.
+the study's identifiers, the references to the source instance and its pixel grid, and nothing else, so no
+writer can copy more of the patient by accident (highdicom copies whole Patient and Study modules from what it
+is given; it is given :attr:`SourceLink.dataset`). :class:`Algorithm` is the model that answered, identified
+as the IHE AI Results profile asks: Contributing Equipment here, TID 4019 in the SR.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 MANUFACTURER = "cxrexplain"
 
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
+# The General Study module's identifiers are study-level: every instance of a study carries the same ones, so
+# a PACS files the results under the study as it knows it (date, time, ID, accession number).
+STUDY = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber")
 _COPIED = ("PatientID", "PatientName", "SpecificCharacterSet", "Modality", "PixelSpacing",
-           "ImagerPixelSpacing", "PatientOrientation")
+           "ImagerPixelSpacing", "PatientOrientation", *STUDY[1:])
 # Type 2 attributes of the Patient and General Study modules that highdicom reads from its source: present and
 # empty on the link, so the derived objects carry them empty.
-_EMPTY = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-          "ReferringPhysicianName")
+_EMPTY = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", *STUDY[1:])
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class SourceLink:
             if source.get(keyword, None) not in (None, ""):
                 setattr(link, keyword, source[keyword].value)
         for keyword in _EMPTY:
-            setattr(link, keyword, None)
+            if keyword not in link:
+                setattr(link, keyword, None)
         own = str(source.get("FrameOfReferenceUID", "") or "")
         return cls(link, own or generate_uid(), has_frame_of_reference=bool(own))
 
@@ -159,8 +162,11 @@ class Algorithm:
 
 
 def mark_derived(ds: Any, link: SourceLink, algorithm: Algorithm, *, image: bool = True) -> None:
-    """What every derived object carries: the algorithm as Contributing Equipment; an image also the source
-    in Referenced Series Sequence (Common Instance Reference; an SR names it in its evidence instead)."""
+    """What every derived object carries: the source's study identifiers, the algorithm as Contributing
+    Equipment; an image also the source in Referenced Series Sequence (Common Instance Reference; an SR names
+    it in its evidence instead)."""
+    for keyword in STUDY:
+        setattr(ds, keyword, link.dataset.get(keyword))
     ds.ContributingEquipmentSequence = [algorithm.contributing_equipment()]
     if image:
         ds.ReferencedSeriesSequence = [link.referenced_series_item()]
