@@ -165,8 +165,9 @@ def mark_derived(ds: Any, link: SourceLink, algorithm: Algorithm, *, image: bool
     """What every derived object carries: the source's study identifiers, the algorithm as Contributing
     Equipment; an image also the source in Referenced Series Sequence (Common Instance Reference; an SR names
     it in its evidence instead)."""
-    for keyword in STUDY:
-        setattr(ds, keyword, link.dataset.get(keyword))
+    for keyword in ("SpecificCharacterSet", *STUDY):  # the character set: Patient Name is written in it
+        if keyword in link.dataset:
+            setattr(ds, keyword, link.dataset[keyword].value)
     ds.ContributingEquipmentSequence = [algorithm.contributing_equipment()]
     if image:
         ds.ReferencedSeriesSequence = [link.referenced_series_item()]

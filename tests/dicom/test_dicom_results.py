@@ -39,7 +39,7 @@ from cxrexplain_dicom import OUTPUTS, dicom_results, save
 from cxrexplain_dicom.codes import SCHEME
 
 RNG = np.random.default_rng(12)
-PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PID-0001"
+PATIENT_NAME, PATIENT_ID = "Müller^Jäne", "PID-0001"  # Latin-1: every object must carry the character set
 SHA = "5f" * 32
 FRAMES = 5
 SR, CINE = "Comprehensive 3D SR Storage", "Multi-frame Grayscale Byte Secondary Capture Image Storage"
@@ -66,6 +66,7 @@ def chest_xray(kind: str, rows: int, cols: int) -> Dataset:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = PATIENT_NAME, PATIENT_ID, "19700101", "F"
     ds.AccessionNumber, ds.StudyID, ds.StudyDate, ds.StudyTime = "ACC-77", "S-1", "20240102", "101500"
     ds.ReferringPhysicianName = "Who^Doctor"
@@ -161,7 +162,7 @@ def test_file_names_hold_no_patient_data(written: tuple[Case, list[Path]]) -> No
     _, paths = written
     for path in paths:
         assert path.name == f"{pydicom.dcmread(path).SOPInstanceUID}.dcm"
-        for text in (PATIENT_NAME, PATIENT_ID, "Doe", "Jane", "PID"):
+        for text in (PATIENT_NAME, PATIENT_ID, "Müller", "Jäne", "PID"):
             assert text not in str(path)
 
 
@@ -169,7 +170,7 @@ def test_writing_logs_no_patient_data(caplog: pytest.LogCaptureFixture) -> None:
     case = make_case("DX")
     with caplog.at_level(logging.DEBUG):
         dicom_results(case.source, case.explanation, case.description)
-    for text in ("Doe", "Jane", PATIENT_ID, "19700101", "ACC-77"):
+    for text in ("Müller", "Jäne", PATIENT_ID, "19700101", "ACC-77"):
         assert text not in caplog.text
 
 
@@ -183,7 +184,7 @@ def test_identifiers_series_and_references(written: tuple[Case, list[Path]]) -> 
     assert len({o.SOPInstanceUID for o in objects}) == len(objects)
     for o in objects:
         assert o.StudyInstanceUID == src.StudyInstanceUID and o.SeriesInstanceUID != src.SeriesInstanceUID
-        assert (str(o.PatientName), o.PatientID) == (PATIENT_NAME, PATIENT_ID)
+        assert (str(o.PatientName), o.PatientID, o.SpecificCharacterSet) == (PATIENT_NAME, PATIENT_ID, "ISO_IR 100")
         for keyword in ("StudyDate", "StudyTime", "StudyID", "AccessionNumber"):  # the study, as the PACS has it
             assert o[keyword].value == src[keyword].value, (o.SOPClassUID.name, keyword)
         # Nothing else of the patient or the study: birth date, sex, the referring physician stay behind.
