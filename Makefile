@@ -9,7 +9,7 @@ RUN_DIR := .run
 
 # Debian packages the tests use, as command:package. Installed with apt-get when missing and run as root (CI, a
 # fresh machine); otherwise `make` names them and stops.
-SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus
+SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus dciodvfy:dicom3tools
 
 .PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop clean gpu-check
 

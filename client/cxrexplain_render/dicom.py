@@ -73,6 +73,7 @@ def secondary_capture(
     *,
     patient: Mapping[str, str] | None = None,
     series_number: int = 9901,
+    series_instance_uid: str | None = None,
     instance_number: int = 1,
     derivation_description: str | None = None,
     burn_in: bool = True,
@@ -99,6 +100,8 @@ def secondary_capture(
         is written.
     series_number, instance_number
         Numbers of the new series and instance.
+    series_instance_uid
+        The series the overlay joins (the overlays of one explanation share one); a new series when None.
     derivation_description
         Derivation Description; a generic sentence when None.
     burn_in
@@ -150,7 +153,7 @@ def secondary_capture(
         bits_allocated=8,
         coordinate_system="PATIENT",
         study_instance_uid=info["study_instance_uid"],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_instance_uid or generate_uid(),
         series_number=int(series_number),
         sop_instance_uid=generate_uid(),
         instance_number=int(instance_number),
@@ -169,6 +172,8 @@ def secondary_capture(
     orientation = info.get("patient_orientation")
     # Patient Orientation is Type 2 in the General Image module: empty when the source does not say.
     sc["PatientOrientation"].value = list(orientation) if orientation and len(orientation) == 2 else None
+    # A chest is unpaired: General Series Laterality (Type 2C) is then absent (dciodvfy reads the body part).
+    sc.BodyPartExamined = "CHEST"
     sc.BurnedInAnnotation = "YES" if burn_in else "NO"
     sc.ImageComments = f"{NOT_FOR_DIAGNOSTIC_USE}. Machine-generated explanation heatmap overlay."
     sc.DerivationDescription = (
