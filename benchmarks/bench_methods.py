@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -321,7 +320,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child_method:
         print(json.dumps(child(args)))
         return {}
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     warnings.filterwarnings("ignore", module="captum")  # "did not already require gradients", once per call
     return common.report(args, run, markdown)
 

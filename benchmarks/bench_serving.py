@@ -31,7 +31,6 @@ import io
 import logging
 import re
 import statistics
-import sys
 import tempfile
 import time
 import zipfile
@@ -333,11 +332,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the raw figures (the Markdown goes to stdout)."""
-    args = parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "cxrexplain", "onnxscript", "torch.onnx"):  # per-request and exporter chatter
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return common.report(args, run, markdown)
+    return common.report(parse(argv), run, markdown, quiet=common.SERVER_CHATTER)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -148,11 +147,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the raw figures (the Markdown goes to stdout)."""
-    args = parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "cxrexplain", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    return common.report(args, run, markdown)
+    return common.report(parse(argv), run, markdown, quiet=common.SERVER_CHATTER)
 
 
 if __name__ == "__main__":

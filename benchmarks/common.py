@@ -240,10 +240,18 @@ def command_line() -> str:
     return " ".join(["python -m", f"benchmarks.{module}", *sys.argv[1:]])
 
 
+# Loggers that talk once per request or per exported node: benchmarks that start a server or export quiet them.
+SERVER_CHATTER = ("httpx", "cxrexplain", "onnxscript", "torch.onnx")
+
+
 def report(args: Any, run: Callable[[Any], dict[str, Any]],
-           markdown: Callable[[dict[str, Any], str], str]) -> dict[str, Any]:
-    """A benchmark's command: wait for a quiet machine if ``--max-load`` asks, ``run``, save the JSON
-    (``--json``) and print the Markdown; returns the raw figures."""
+           markdown: Callable[[dict[str, Any], str], str], quiet: Sequence[str] = ()) -> dict[str, Any]:
+    """A benchmark's command: log progress to stderr (``quiet`` loggers at warnings only), wait for a quiet
+    machine if ``--max-load`` asks, ``run``, save the JSON (``--json``) and print the Markdown; returns the raw
+    figures."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if args.max_load:
         wait_for_quiet(args.max_load, 1800)
     results = run(args)
