@@ -41,9 +41,10 @@ PROBE_FACTOR = 4  # fast's geometric probes: k = 1, 2, 4, then x4: 16, 64 ...
 class StopRule:
     """Our stop rule for one side: ``sign`` -1 searches the lower bound (fall), +1 the upper bound (rise).
 
-    ``threshold`` is the probability that counts as reached: ``p0 (1 - fall)`` below, ``p0 (1 + rise)`` above
-    ([Cohen2021] §4.2: "the prediction decreases by 30% and increases by 5%"); above p0 > 1 / (1 + rise) it cannot be
-    reached and the search ends where the prediction stops rising or at the cap.
+    ``threshold`` is the probability that counts as reached ([Cohen2021] §4.2: "the prediction decreases by 30% and
+    increases by 5%"): ``p0 (1 - fall)`` below and ``p0 (1 + rise)`` above, or ``p0 - fall`` and ``p0 + rise``
+    (the method's ``stop`` option); a threshold below 0 or above 1 cannot be reached and the search ends where the
+    prediction stops moving its way or at the cap.
     """
 
     sign: int

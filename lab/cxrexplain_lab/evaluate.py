@@ -4,8 +4,8 @@
 
 AUROC per finding on a held-out split (a seed the training never saw), then, for every image and every finding
 present in it, each method's map against the planted box: IoU of the normalized map thresholded at
-T = 0.1 ... 0.5 ([Nam2021] Table 2) and the best-case IoU of [Cohen2021] §3.4 (top-p pixels, p = the finding's
-mask size).
+T = 0.1 ... 0.5 ([Nam2021] Table 2) and the best-case IoU of [Cohen2021] §3.4 (the map cut at its p-th largest
+value, p = the finding's mask size, ties kept, zero pixels never selected).
 Prints Markdown tables and writes JSON with ``--json``.
 """
 

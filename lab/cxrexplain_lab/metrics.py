@@ -1,24 +1,29 @@
-"""The evaluation metrics: IoU of the normalized map, best-case IoU, AUROC, Spearman.
+"""The evaluation metrics: IoU of the normalized map, best-case IoU, soft IoBB / IoR, AUROC, Spearman.
 
-Heatmaps leave the engine raw and signed; the IoU uses the display normalization of
+Heatmaps leave the engine raw and signed. The IoU uses by default the display normalization of
 :func:`cxrexplain_render.normalize_for_display`, written down once: negatives are
 cast to zero, then each map is divided by its maximum ([Nam2021] §4, "Negative attributions are cast as zero ...
-heatmaps ... normalized in {0 ~ 1}"). Every function takes numpy arrays or torch tensors and returns numpy.
+heatmaps ... normalized in {0 ~ 1}"); min-max normalization, which [Khakzar2022]'s authors use, is the option
+``normalization="minmax"`` (see :func:`normalize`). Every function takes numpy arrays or torch tensors and returns
+numpy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cxrexplain_render import normalize_for_display
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive: region [y0:y1, x0:x1]
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+Normalization = Literal["positive", "minmax"]
 IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)  # [Nam2021] Table 2
+NORMALIZATIONS: tuple[str, ...] = ("positive", "minmax")
 
 
 def _np(a: ArrayLike, dtype: Any = np.float64) -> np.ndarray:
@@ -44,10 +49,38 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros(inter.shape, dtype=np.float64), where=union > 0)
 
 
-def iou_at_threshold(heatmap: ArrayLike, box: Box | ArrayLike, threshold: float) -> float:
+def normalize(maps: ArrayLike, normalization: Normalization = "positive") -> np.ndarray:
+    """Each (H, W) map brought to [0, 1], float64.
+
+    ``positive`` ([Nam2021] §4, the display normalization): negatives cast to zero, then divided by the maximum;
+    an all-zero or all-negative map stays zero. ``minmax`` ([Khakzar2022]'s authors): ``(A - min) / (max - min)``,
+    so the smallest value becomes 0 whatever its sign; a constant map (max = min) becomes zero, since it
+    points nowhere.
+
+    Parameters
+    ----------
+    maps
+        (H, W) or (..., H, W) raw heatmaps.
+    normalization
+        ``positive`` (default) or ``minmax``.
+    """
+    if normalization == "positive":
+        return normalize_for_display(maps).astype(np.float64)
+    if normalization != "minmax":
+        raise ValueError(f"normalization is one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    m = _np(maps)
+    if m.ndim < 2:
+        raise ValueError(f"heatmaps are (H, W) or (..., H, W), got shape {m.shape}")
+    low = m.min(axis=(-2, -1), keepdims=True)
+    span = m.max(axis=(-2, -1), keepdims=True) - low
+    return np.divide(m - low, span, out=np.zeros_like(m), where=span > 0)
+
+
+def iou_at_threshold(heatmap: ArrayLike, box: Box | ArrayLike, threshold: float,
+                     normalization: Normalization = "positive") -> float:
     """IoU between the thresholded heatmap and a lesion box ([Nam2021] §4, Table 2).
 
-    The map is normalized (:func:`normalize_for_display`); pixels below ``threshold`` are cast to zero and the
+    The map is normalized (:func:`normalize`); pixels below ``threshold`` are cast to zero and the
     remaining positive pixels (value >= T and > 0) form the explanation's region, compared with the box.
 
     Parameters
@@ -58,8 +91,10 @@ def iou_at_threshold(heatmap: ArrayLike, box: Box | ArrayLike, threshold: float)
         ``(x0, y0, x1, y1)`` with exclusive ends, or an (H, W) boolean region.
     threshold
         T in [0, 1].
+    normalization
+        ``positive`` ([Nam2021], default) or ``minmax`` ([Khakzar2022]'s authors): see :func:`normalize`.
     """
-    norm = normalize_for_display(heatmap)
+    norm = normalize(heatmap, normalization)
     if norm.ndim != 2:
         raise ValueError(f"iou_at_threshold takes one (H, W) map, got shape {norm.shape}; use iou_table")
     if not 0.0 <= threshold <= 1.0:
@@ -76,7 +111,8 @@ def _region(box: Box | ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def iou_table(
-    heatmaps: ArrayLike, boxes: Sequence[Box | ArrayLike], thresholds: Sequence[float] = IOU_THRESHOLDS
+    heatmaps: ArrayLike, boxes: Sequence[Box | ArrayLike], thresholds: Sequence[float] = IOU_THRESHOLDS,
+    normalization: Normalization = "positive",
 ) -> np.ndarray:
     """IoU of each map with its box at each threshold: (N, len(thresholds)); average over rows for [Nam2021] Table 2.
 
@@ -88,12 +124,14 @@ def iou_table(
         N boxes (or boolean regions), one per map.
     thresholds
         T values, default 0.1 ... 0.5 as in [Nam2021] Table 2.
+    normalization
+        ``positive`` ([Nam2021], default) or ``minmax`` ([Khakzar2022]'s authors): see :func:`normalize`.
     """
-    norm = normalize_for_display(heatmaps)
+    norm = normalize(heatmaps, normalization)
     if norm.ndim != 3 or norm.shape[0] != len(boxes):
         raise ValueError(f"need (N, H, W) maps and N boxes, got maps {norm.shape} and {len(boxes)} boxes")
     regions = np.stack([_region(b, norm.shape) for b in boxes])
-    t = np.asarray(thresholds, dtype=np.float32)[None, :, None, None]
+    t = np.asarray(thresholds, dtype=np.float64)[None, :, None, None]
     above = (norm[:, None] >= t) & (norm[:, None] > 0)
     return _iou(above, regions[:, None])
 
@@ -101,19 +139,71 @@ def iou_table(
 def best_case_iou(heatmap: ArrayLike, mask: ArrayLike) -> float:
     """Best-case IoU of [Cohen2021] §3.4: binarize the map at its top-p pixels, p = the number of mask pixels.
 
-    The map is used as given ([Cohen2021] takes absolute values of signed maps first; do that before calling when
-    comparing with latent-shift maps). Ties at the cut are broken by pixel order so exactly p pixels are kept.
+    The cut is the p-th largest value: every pixel >= the cut is kept, so tied pixels are all kept (more than p
+    may be); zero-valued pixels are never kept, so a map with fewer than p positive pixels keeps only those (a
+    map that is zero everywhere scores 0). The map must be non-negative: pass ``|map|`` for gradient maps, as
+    [Cohen2021] does (App. H: "absolute values are taken of all attribution maps"), or the positive part for
+    maps whose negative values mean evidence against.
+
+    Parameters
+    ----------
+    heatmap
+        (H, W) non-negative map.
+    mask
+        (H, W) lesion mask (non-zero = inside); must not be empty.
     """
     h = _np(heatmap)
     m = _np(mask, dtype=bool)
     if h.shape != m.shape or h.ndim != 2:
         raise ValueError(f"heatmap {h.shape} and mask {m.shape} must be the same (H, W) shape")
+    if (h < 0).any():
+        raise ValueError("best_case_iou takes a non-negative map: pass |map| for gradient maps ([Cohen2021] "
+                         "takes absolute values) or the positive part for relevance maps")
     p = int(m.sum())
     if p == 0:
         raise ValueError("the mask is empty: best-case IoU is undefined")
-    top = np.zeros(h.size, dtype=bool)
-    top[np.argsort(-h.ravel(), kind="stable")[:p]] = True
-    return float(_iou(top.reshape(h.shape), m))
+    cut = np.partition(h.ravel(), h.size - p)[h.size - p]  # the p-th largest value
+    return float(_iou((h >= cut) & (h > 0), m))
+
+
+def soft_iobb_ior(heatmap: ArrayLike, boxes: Sequence[Box | ArrayLike],
+                  image_shape: tuple[int, int]) -> tuple[float, float]:
+    """Soft IoBB and IoR of [Khakzar2022] §3 ("Feature Alignment Analysis"): the map A, min-max normalized to
+    [0, 1] and resized to the image, summed inside the finding's region instead of thresholded.
+
+    ``IoBB = sum_box A / |box|`` (how much of the box the map covers: a recall) and ``IoR = sum_box A / sum A``
+    (how much of the map lies in the box: a precision), the box being the union of that finding's boxes. The
+    map is normalized at its own size and then resized bilinearly (``align_corners=False``, as the CAM layers are
+    upsampled elsewhere in the project), which keeps it in [0, 1]. A constant map (nothing to normalize) gives
+    (0, 0).
+
+    Parameters
+    ----------
+    heatmap
+        (h, w) raw map, for example a CAM at the feature maps' size.
+    boxes
+        The finding's boxes ``(x0, y0, x1, y1)`` (exclusive ends) in image pixels, or (H, W) boolean regions.
+    image_shape
+        (H, W) of the image the boxes refer to.
+
+    Returns
+    -------
+    tuple[float, float]
+        (IoBB, IoR).
+    """
+    norm = normalize(heatmap, "minmax")
+    if norm.ndim != 2:
+        raise ValueError(f"soft_iobb_ior takes one (h, w) map, got shape {norm.shape}")
+    if not boxes:
+        raise ValueError("soft_iobb_ior needs at least one box of the finding")
+    size = (int(image_shape[0]), int(image_shape[1]))
+    if norm.shape != size:
+        resized = F.interpolate(torch.from_numpy(norm)[None, None], size=size, mode="bilinear", align_corners=False)
+        norm = resized[0, 0].numpy()
+    region = np.logical_or.reduce([_region(b, size) for b in boxes])
+    inside, total = float(norm[region].sum()), float(norm.sum())
+    iobb = inside / int(region.sum()) if region.any() else 0.0
+    return iobb, (inside / total if total > 0 else 0.0)
 
 
 def _rank(a: np.ndarray) -> np.ndarray:

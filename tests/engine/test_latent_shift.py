@@ -7,8 +7,9 @@ function of the mean brightness m inside a box). With z' = z + λ ∂f/∂z, m m
 phantom-trained fixtures from conftest.
 
 Searches used, by name (README, "Latent shift direction"): ``fast`` and ``exhaustive`` (our stop rule: fall 30 %,
-rise 5 % of p0, on the grid k * step); ``app_c`` ([Cohen2021] App. C as published) and ``reference_walk``
-(mlmed/gifsplanation's walk), each checked against a plain loop written here from the published rules.
+rise 5 % of p0 by default, or p0 - 0.3 and p0 + 0.05 with ``stop="absolute"``, on the grid k * step); ``app_c``
+([Cohen2021] App. C as published) and ``reference_walk`` (mlmed/gifsplanation's walk), each checked against a
+plain loop written here from the published rules.
 """
 
 from __future__ import annotations
@@ -123,6 +124,53 @@ def test_linear_bounds_match_closed_form() -> None:
     assert res.frame_probabilities[:, -1].ge(1.05 * p0.float() - 1e-6).all()
     assert res.latent_shift.upper_bound_reached.all() and res.latent_shift.lower_bound_reached.all()
     assert torch.allclose(res.reconstruction_gap, torch.zeros(2), atol=1e-6)  # cell-aligned box: no gap
+
+
+def grid_bound(threshold: torch.Tensor, logit0: torch.Tensor, slope: float, step: torch.Tensor) -> torch.Tensor:
+    """The first grid point k * step (k >= 1, on the threshold's side of λ = 0) at which a logit that moves as
+    ``logit0 + λ slope`` crosses ``logit(threshold)``."""
+    lam = (torch.logit(threshold) - logit0) / slope
+    return torch.sign(lam) * torch.ceil(lam.abs() / step - 1e-6) * step
+
+
+def test_relative_and_absolute_stop_thresholds_stop_at_their_own_bounds() -> None:
+    """[Cohen2021] §4.2's "decreases by 30% and increases by 5%": relative (default) stops at p0 (1 - 0.3) and
+    p0 (1 + 0.05), absolute (the reference code) at p0 - 0.3 and p0 + 0.05. Same linear model as above, p0 near
+    0.55, where the two readings are several grid steps apart on both sides."""
+    s, c, step = 4.0, 0.45, 0.05
+    x = images()
+    ex = explainer(BoxScore("linear", s, c), PoolAE())
+    m0 = x[:, :, BOX[0]:BOX[1], BOX[0]:BOX[1]].mean(dim=(1, 2, 3)).double()
+    logit0 = s * (m0 - c)
+    p0 = torch.sigmoid(logit0)
+    h = step * p0 * (1 - p0)  # the grid step in logit-direction λ units
+    readings = {"relative": (0.7 * p0, 1.05 * p0), "absolute": (p0 - 0.3, p0 + 0.05)}
+    found = {}
+    for stop, (low, high) in readings.items():
+        res = shift(ex, x, search="exhaustive", step=step, max_lambda=20.0, stop=stop)
+        expected = torch.stack([grid_bound(low, logit0, s * s / CELLS, h),
+                                grid_bound(high, logit0, s * s / CELLS, h)], dim=1)
+        assert torch.allclose(res.lambdas[:, [0, -1]].double(), expected, atol=1e-4), stop
+        assert res.frame_probabilities[:, 0].le(low.float() + 1e-6).all(), stop
+        assert res.frame_probabilities[:, -1].ge(high.float() - 1e-6).all(), stop
+        assert res.latent_shift.lower_bound_reached.all() and res.latent_shift.upper_bound_reached.all()
+        found[stop] = res.lambdas[:, [0, -1]]
+    # absolute reaches further on both sides here (p0 - 0.3 < 0.7 p0 and p0 + 0.05 > 1.05 p0 for p0 < 1)
+    assert (found["absolute"][:, 0] < found["relative"][:, 0] - 5 * h.float()).all()
+    assert (found["absolute"][:, 1] > found["relative"][:, 1] + h.float()).all()
+
+
+def test_an_absolute_fall_below_zero_runs_to_the_cap() -> None:
+    """p0 near 0.2: p0 - 0.3 < 0 can never be reached, so the absolute reading's lower search ends at the cap
+    (not reached), where the relative one stops at 0.7 p0."""
+    clf = BoxScore("linear", 4.0, 0.85)  # logit about -1.4 -> p0 about 0.2
+    ex, x = explainer(clf, PoolAE()), images()
+    relative = shift(ex, x, search="fast", step=0.5, max_lambda=8.0)
+    absolute = shift(ex, x, search="fast", step=0.5, max_lambda=8.0, stop="absolute")
+    assert (relative.frame_probabilities[:, 0] < 0.3).all()  # p0 < 0.3 on both rows
+    assert relative.latent_shift.lower_bound_reached.all() and (relative.lambdas[:, 0] > -8.0).all()
+    assert not absolute.latent_shift.lower_bound_reached.any()
+    assert torch.allclose(absolute.lambdas[:, 0], torch.full((2,), -8.0))
 
 
 CASES = {
@@ -425,7 +473,8 @@ def test_latent_shift_without_autoencoder_is_refused() -> None:
 
 
 @pytest.mark.parametrize("options", [{"direction": "tanh"}, {"map": "median"}, {"search": "grid"}, {"frames": 1},
-                                     {"max_lambda": 0}, {"fall": 1.5}, {"rise": 0}, {"wobble": 1}])
+                                     {"max_lambda": 0}, {"fall": 1.5}, {"rise": 0}, {"stop": "percent"},
+                                     {"wobble": 1}])
 def test_invalid_options_are_refused(options: dict[str, object]) -> None:
     with pytest.raises(InvalidOption):
         LatentShift(**options)

@@ -140,6 +140,7 @@ def test_schema_method_options_are_what_the_engine_declares() -> None:
         "latent_shift.direction": latent_shift.DIRECTIONS,
         "latent_shift.map": latent_shift.MAPS,
         "latent_shift.search": latent_shift.SEARCHES,
+        "latent_shift.stop": latent_shift.STOPS,
         "integrated_gradients.integration": gradients.INTEGRATION_RULES,
     }
     for key, engine_choices in choices.items():

@@ -53,6 +53,24 @@ def test_iou_table_matches_single_calls():
     assert metrics.iou_at_threshold(maps[0], mask, 0.3) == pytest.approx(table[0, 2])
 
 
+def test_iou_min_max_normalization():
+    # [[-2, 2], [0, 6]]: positive part / max = [[0, 1/3], [0, 1]]; min-max (A + 2) / 8 = [[0, 0.5], [0.25, 1]].
+    heat = np.array([[-2.0, 2.0], [0.0, 6.0]])
+    np.testing.assert_allclose(metrics.normalize(heat, "minmax"), [[0.0, 0.5], [0.25, 1.0]])
+    bottom = (0, 1, 2, 2)  # the bottom row
+    # T = 0.2: positive keeps (0, 1), (1, 1) -> intersection 1, union 3; min-max also keeps (1, 0) -> 2 of 3.
+    assert metrics.iou_at_threshold(heat, bottom, 0.2) == pytest.approx(1 / 3)
+    assert metrics.iou_at_threshold(heat, bottom, 0.2, normalization="minmax") == pytest.approx(2 / 3)
+    assert metrics.iou_at_threshold(heat, bottom, 0.3, normalization="minmax") == pytest.approx(1 / 3)
+    assert metrics.iou_at_threshold(heat, bottom, 0.6, normalization="minmax") == pytest.approx(1 / 2)
+    table = metrics.iou_table(heat[None], [bottom], thresholds=(0.2, 0.3, 0.6), normalization="minmax")
+    np.testing.assert_allclose(table, [[2 / 3, 1 / 3, 1 / 2]])
+    # A constant map points nowhere: zero after min-max, so it selects nothing.
+    assert metrics.iou_at_threshold(np.full((2, 2), 3.0), bottom, 0.1, normalization="minmax") == 0.0
+    with pytest.raises(ValueError, match="normalization is one of"):
+        metrics.normalize(heat, "max")
+
+
 def test_best_case_iou():
     heat = np.arange(16, dtype=float).reshape(4, 4)  # the top-4 pixels are the last row
     mask = np.zeros((4, 4), bool)
@@ -63,6 +81,65 @@ def test_best_case_iou():
     assert metrics.best_case_iou(heat, mask2) == pytest.approx(2 / 6)
     with pytest.raises(ValueError, match="empty"):
         metrics.best_case_iou(heat, np.zeros((4, 4), bool))
+
+
+def test_best_case_iou_never_selects_zeros():
+    # One positive pixel, far from an 8-pixel mask in the top rows. Filling the top-8 with zeros in raster order
+    # (the old behaviour) took (0, 0) .. (0, 6), four of them inside the mask: 4 / (8 + 8 - 4) = 0.33.
+    heat = np.zeros((8, 8))
+    heat[7, 7] = 1.0
+    mask = np.zeros((8, 8), bool)
+    mask[0:2, 2:6] = True
+    assert metrics.best_case_iou(heat, mask) == 0.0
+    # Fewer positive pixels than p, both inside the 4-pixel mask: they alone are kept, 2 / 4.
+    heat2 = np.zeros((4, 4))
+    heat2[1, 1] = heat2[1, 2] = 0.5
+    mask2 = np.zeros((4, 4), bool)
+    mask2[1:3, 1:3] = True
+    assert metrics.best_case_iou(heat2, mask2) == pytest.approx(0.5)
+    assert metrics.best_case_iou(np.zeros((4, 4)), mask2) == 0.0  # an all-zero map selects nothing
+
+
+def test_best_case_iou_keeps_ties():
+    # p = 2; the 2nd largest value is 3, shared by three pixels: the cut keeps 5 and every 3 (4 pixels).
+    heat = np.array([[5.0, 3.0, 0.0], [3.0, 1.0, 0.0], [3.0, 0.0, 0.0]])
+    mask = np.zeros((3, 3), bool)
+    mask[0, 0:2] = True  # the 5 and one of the 3s -> intersection 2, union 4
+    assert metrics.best_case_iou(heat, mask) == pytest.approx(2 / 4)
+    # The tie order does not matter: the mask on another of the 3s scores the same.
+    mask_other = np.zeros((3, 3), bool)
+    mask_other[0, 0] = mask_other[2, 0] = True
+    assert metrics.best_case_iou(heat, mask_other) == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.best_case_iou(heat - 2.0, mask)
+
+
+def test_soft_iobb_ior_same_size():
+    # Min-max of [[1, 1, 1, 1], [1, 3, 5, 1], [1, 5, 5, 1], [1, 1, 1, 1]] is (A - 1) / 4: zero outside, the centre
+    # 2x2 block 0.5, 1, 1, 1 (sum 3.5, all of the map's mass).
+    heat = np.ones((4, 4))
+    heat[1:3, 1:3] = [[3.0, 5.0], [5.0, 5.0]]
+    assert metrics.soft_iobb_ior(heat, [(1, 1, 3, 3)], (4, 4)) == pytest.approx((3.5 / 4, 1.0))
+    # A second box of the same finding adds one empty pixel to the union: IoBB 3.5 / 5, IoR unchanged.
+    assert metrics.soft_iobb_ior(heat, [(1, 1, 3, 3), (0, 0, 1, 1)], (4, 4)) == pytest.approx((3.5 / 5, 1.0))
+    # Overlapping boxes count their pixels once (a union, not a sum).
+    assert metrics.soft_iobb_ior(heat, [(1, 1, 3, 3), (1, 1, 2, 3)], (4, 4)) == pytest.approx((3.5 / 4, 1.0))
+    # Negative values: [[-2, 0], [2, 6]] -> (A + 2) / 8 = [[0, 0.25], [0.5, 1]]; the left column holds 0 + 0.5 of
+    # 1.75 over 2 pixels.
+    signed = np.array([[-2.0, 0.0], [2.0, 6.0]])
+    assert metrics.soft_iobb_ior(signed, [(0, 0, 1, 2)], (2, 2)) == pytest.approx((0.25, 0.5 / 1.75))
+    assert metrics.soft_iobb_ior(np.full((4, 4), 2.0), [(1, 1, 3, 3)], (4, 4)) == (0.0, 0.0)  # constant map
+
+
+def test_soft_iobb_ior_resizes_to_the_image():
+    # [[0, 1], [0, 1]] resized bilinearly (align_corners=False) to 4x4: every row is 0, 0.25, 0.75, 1 (the source
+    # columns sampled at -0.25 -> clamped 0, 0.25, 0.75, 1.25 -> clamped 1). The right half holds 1.75 per row
+    # of 2 per row over 2 pixels per row.
+    cam = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    iobb, ior = metrics.soft_iobb_ior(cam, [(2, 0, 4, 4)], (4, 4))
+    assert (iobb, ior) == pytest.approx((7 / 8, 7 / 8))
+    with pytest.raises(ValueError, match="at least one box"):
+        metrics.soft_iobb_ior(cam, [], (4, 4))
 
 
 def test_spearman_against_scipy_with_ties():

@@ -386,10 +386,17 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
                                              'help': 'decode+classify batch (0: by device)'},
                               'fall': {'type': 'float',
                                        'default': '0.3',
-                                       'help': 'fraction of p0 that ends the lower search'},
+                                       'help': 'fall from p0 that ends the lower search (read as `stop` '
+                                               'says)'},
                               'rise': {'type': 'float',
                                        'default': '0.05',
-                                       'help': 'fraction of p0 that ends the upper search'}},
+                                       'help': 'rise from p0 that ends the upper search (read as `stop` '
+                                               'says)'},
+                              'stop': {'type': 'choice',
+                                       'choices': ['relative', 'absolute'],
+                                       'default': 'relative',
+                                       'help': 'fall and rise as fractions of p0, or as probability offsets '
+                                               '(the reference code)'}},
              'lrp': {'alpha': {'type': 'float',
                                'default': '1.0',
                                'help': 'positive share (alpha - beta = 1)'},

@@ -36,6 +36,7 @@ from .base import ForwardContext, Method, MethodOutput, register
 DIRECTIONS = ("logit", "sigmoid")
 MAPS = ("max", "mean", "minmax", "int")
 SEARCHES = ("fast", "exhaustive", "app_c", "reference_walk")
+STOPS = ("relative", "absolute")
 # Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (BENCHMARKS.md, latent
 # shift); GPUs want more.
 CPU_BATCH, CUDA_BATCH = 2, 16
@@ -198,13 +199,24 @@ class LatentShift(Method):
     ``map`` (``max``, ``mean``, ``minmax``, ``int``); ``search`` (``fast`` default, ``exhaustive``, ``app_c``,
     ``reference_walk``); ``max_lambda`` (cap on |λ|, 1000 as in App. C); ``step`` (grid step of the walk in the
     paper's sigmoid units, 10 as in App. C; times p0 (1 - p0) in logit units); ``batch_size`` (decode+classify
-    batch, 0 = by device); ``fall`` / ``rise`` (fractions of p0 that end the lower / upper search, 0.30 / 0.05).
+    batch, 0 = by device); ``fall`` / ``rise`` (0.30 / 0.05: how far the prediction must fall / rise from p0 to
+    end the lower / upper search of ``fast`` and ``exhaustive``); ``stop``: how ``fall`` and ``rise`` are read.
+
+    ``stop``: [Cohen2021] §4.2 says the prediction "decreases by 30% and increases by 5%". ``relative`` (default)
+    reads them as fractions of p0, thresholds ``p0 (1 - fall)`` and ``p0 (1 + rise)``; ``absolute`` reads them as
+    probability offsets, ``p0 - fall`` and ``p0 + rise``, as every version of the reference code does
+    (mlmed/gifsplanation ``attribution.py``: ``initial_pred-0.15 > cur_pred``, ``initial_pred+0.05 < cur_pred``).
+    Relative is the default because it scales with the prediction: an absolute fall of 0.3 cannot be reached
+    from p0 <= 0.3 (the search then runs to a turn or to the cap, walking far past where the finding has gone),
+    while 30 % of p0 can be reached from any p0. The two agree closely on confident predictions (p0 = 0.9:
+    0.63 vs 0.60 below). Neither rise can be reached near p0 = 1 (relative above p0 = 1 / (1 + rise), absolute
+    above 1 - rise). The published searches (``app_c``, ``reference_walk``) keep their own absolute rules.
     """
 
     name = "latent_shift"
     needs_graph = False  # its own passes through the autoencoder
     options = {"frames": int, "direction": str, "map": str, "search": str, "max_lambda": float, "step": float,
-               "batch_size": int, "fall": float, "rise": float}
+               "batch_size": int, "fall": float, "rise": float, "stop": str}
     frames: int = 10
     direction: str = "logit"
     map: str = "max"
@@ -214,6 +226,7 @@ class LatentShift(Method):
     batch_size: int = 0
     fall: float = 0.30
     rise: float = 0.05
+    stop: str = "relative"
 
     def __init__(self, **options: object):
         super().__init__(**options)
@@ -221,13 +234,14 @@ class LatentShift(Method):
             "direction": self.direction in DIRECTIONS, "map": self.map in MAPS, "search": self.search in SEARCHES,
             "frames": self.frames >= 2, "max_lambda": self.max_lambda > 0, "step": self.step > 0,
             "batch_size": self.batch_size >= 0, "fall": 0 < self.fall < 1, "rise": self.rise > 0,
+            "stop": self.stop in STOPS,
         }
         ranges = {"frames": "2 or more", "max_lambda": "a number above 0", "step": "a number above 0",
                   "batch_size": "0 (by device) or more", "fall": "a fraction between 0 and 1, both excluded",
                   "rise": "a number above 0"}
         for key, ok in checks.items():
             if not ok:
-                allowed = {"direction": DIRECTIONS, "map": MAPS, "search": SEARCHES}.get(key)
+                allowed = {"direction": DIRECTIONS, "map": MAPS, "search": SEARCHES, "stop": STOPS}.get(key)
                 hint = f"one of {', '.join(allowed)}" if allowed else ranges[key]
                 raise InvalidOption(f"latent_shift: {key}={getattr(self, key)!r} is not valid; use {hint}")
 
@@ -243,6 +257,12 @@ class LatentShift(Method):
         # classification, even when the search reuses some of them).
         return max(1 + int(o["frames"]) + search, 2 * int(o["frames"]))
 
+    def thresholds(self, p0: float) -> tuple[float, float]:
+        """The probabilities that end the lower and upper searches ([Cohen2021] §4.2, read as ``stop`` says)."""
+        if self.stop == "absolute":
+            return p0 - self.fall, p0 + self.rise
+        return p0 * (1 - self.fall), p0 * (1 + self.rise)
+
     def _searches(self, p0: list[float]) -> list[tuple[int, Search]]:
         searches: list[tuple[int, Search]] = []
         for row, p in enumerate(p0):
@@ -253,8 +273,9 @@ class LatentShift(Method):
                 # in the direction's own units, which is how the logit direction reaches further on confident
                 # models (the sigmoid gradient vanishes there).
                 step = self.step * (max(p * (1 - p), MIN_SCALE) if self.direction == "logit" else 1.0)
-                searches.append((row, run(StopRule(-1, p, p * (1 - self.fall), step, self.max_lambda))))
-                searches.append((row, run(StopRule(+1, p, p * (1 + self.rise), step, self.max_lambda))))
+                low, high = self.thresholds(p)
+                searches.append((row, run(StopRule(-1, p, low, step, self.max_lambda))))
+                searches.append((row, run(StopRule(+1, p, high, step, self.max_lambda))))
             else:  # published walks: lower bound only, upper bound 0
                 fine = self.search == "reference_walk"
                 fall = 0.15 if fine else 0.5

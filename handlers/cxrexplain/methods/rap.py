@@ -7,8 +7,13 @@ i of neuron j, the outer sums run over the neurons j of the layer above). ``z_ij
 * eq. 3 (first backward step only, output layer q -> penultimate layer p): each input gets its actual
   forward contribution to the target, ``R_i^(p) = (z_ij^+ + z_ij^-) R_j^(q) = z_ij`` with ``R_j^(q)`` the
   unit indicator of the target neuron (a literal ``sum_i`` would make R_i independent of i). The sum over i
-  is f(x) minus the bias, i.e. f(x) on a bias-free head: eq. 1 holds.
-* eq. 4: ``R'_i = |R_i| * sum_i R_i / sum_i |R_i|`` per sample: influence instead of value, total kept.
+  is f(x) minus the head's bias b_t.
+* eq. 4: ``R'_i = |R_i| * total / sum_i |R_i|`` per sample: influence instead of value. [Nam2021] §2 starts the
+  propagation from ``R = f(x)`` (eq. 1), so the total is the target's logit f(x), bias included, not
+  ``sum_i R_i = f(x) - b_t``: with a bias, taking ``sum_i R_i`` would make the map total f(x) - b_t and, where
+  the two differ in sign, flip the whole bi-polar map. On a bias-free head both totals are the same. The RAP
+  authors' code (wjNam/Relative_Attributing_Propagation, ``Linear.RAP_relprop``'s ``first_prop``) also ends the
+  first step at f(x): it spreads the bias over the positive inputs' contributions before eq. 4.
 * eq. 5 (every later affine layer): ``Rbar_i = sum_j [ z_ij^+ / sum_i z_ij^+ * R_j
   + z_ij^- / sum_i z_ij^- * R_j * sum_i |z_ij^-| / sum_i (|z_ij^+| + |z_ij^-|) ]``: the positive part carries
   all of R_j, the negative part a further share R_j times neuron j's fraction of negative influence.
@@ -45,9 +50,10 @@ def influence_normalization(site: Site, relevance: torch.Tensor) -> list[torch.T
     """[Nam2021] eqs. 3-4 at the output layer; ``relevance`` is the target indicator."""
     x = site.inputs[0]
     contribution = x * site.layer.transpose(relevance, x)  # eq. 3: R_i = z_ij for the target j
-    # eq. 4: R'_i = |R_i| * sum_i R_i / sum_i |R_i|
+    # eq. 4 with f(x) as the total (eq. 1: R = f(x) at the output, bias included): R'_i = |R_i| f(x) / sum_i |R_i|
+    logit = (site.output * relevance).flatten(1).sum(dim=1).view(-1, *([1] * (x.ndim - 1)))
     magnitude = contribution.abs()
-    return [magnitude * per_sample_sum(contribution) / positive(per_sample_sum(magnitude))]
+    return [magnitude * logit / positive(per_sample_sum(magnitude))]
 
 
 def relative_attribution(site: Site, relevance: torch.Tensor) -> list[torch.Tensor]:
@@ -94,8 +100,10 @@ class RAP(Method):
 
     The first step (output layer) gives each penultimate neuron its actual contribution to the target logit
     and re-signs it by influence (eqs. 3-4); every later affine layer splits relevance through positive and
-    negative contributions and shifts it uniformly over activated neurons (eqs. 5-6). On a bias-free network
-    the input relevance sums to f(x) (eq. 1). Cost: about four extra forward-equivalents. Output: input
+    negative contributions and shifts it uniformly over activated neurons (eqs. 5-6). The first step totals
+    the target's logit f(x), the head's bias included (eq. 1), so the map never flips sign because of that
+    bias; biases inside the network are left out of every ``z``, so the input relevance sums to f(x) exactly
+    when they are zero. Cost: about four extra forward-equivalents. Output: input
     relevance summed over channels, signed.
     """
 
