@@ -53,9 +53,9 @@ def test_4_then_16_clients_lose_no_call(server: TorchServe, phantom_batch) -> No
     print("worker RSS MiB (model, pid: before -> after): " + "; ".join(
         f"{model} {pid}: {before[model, pid]:.0f} -> {after.get((model, pid), float('nan')):.0f}"
         for model, pid in before))
-    for result in results:
-        assert result.errors == []
-        # every kind over both transports: each client starts with every kind once, half of them over gRPC
-        assert {(s.kind, s.transport) for s in result.samples} == {
-            (k.name, t) for k in DEFAULT_MIX for t in ("rest", "grpc")}
+    assert [r.errors for r in results] == [[], []]
+    # Every kind answered over both transports, whatever the machine's speed: client i starts with kind i mod 5
+    # and goes REST when i is even, so the 16 clients' first calls alone cover the 5 kinds on each transport.
+    assert {(s.kind, s.transport) for s in results[1].samples} == {
+        (k.name, t) for k in DEFAULT_MIX for t in ("rest", "grpc")}
     assert set(after) == set(before)  # the same workers: none died or was replaced under load
