@@ -6,17 +6,19 @@ STAMP := $(VENV)/.installed
 DEMO_WEIGHTS := .cache/demo-weights
 DEMO_RECIPE := export/demo_recipe.yaml
 RUN_DIR := .run
+SOAK_MINUTES ?= 10
 
 # Debian packages the tests use, as command:package. Installed with apt-get when missing and run as root (CI, a
 # fresh machine); otherwise `make` names them and stops.
 SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus dciodvfy:dicom3tools
 
-.PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop clean gpu-check
+.PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop soak clean gpu-check
 
 help:
 	@echo "make serve   install, train+export the demo archives, start TorchServe on localhost"
 	@echo "make stop    stop the demo TorchServe"
 	@echo "make test    install, lint, type-check, run the tests (real TorchServe included)"
+	@echo "make soak    4 and 16 clients on the demo archives for 10 min: latency, errors, worker memory (SOAK_MINUTES=2)"
 	@echo "make gpu-check  on a CUDA machine, with its python3 (no .venv): every method on the GPU against the CPU"
 	@echo "             and its cost there, as Markdown in $(GPU_CHECK_OUT) (GPU_CHECK_OUT=..., PYTHON=...)"
 
@@ -60,6 +62,10 @@ archives: demo-models
 
 serve: archives java
 	$(BIN)/python -m export.launcher start --store model_store --run-dir $(RUN_DIR)
+
+# Its own TorchServe on free ports, state in .run/soak: runs beside `make serve` without touching it.
+soak: archives java
+	$(BIN)/python -m benchmarks.soak --store model_store --run-dir $(RUN_DIR)/soak --minutes $(SOAK_MINUTES)
 
 stop:
 	$(BIN)/python -m export.launcher stop --run-dir $(RUN_DIR)
