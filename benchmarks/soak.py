@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not list(Path(args.store).glob("*.mar")):
         raise SystemExit(f"no archives in {args.store}: build the demo ones with `make archives`, or pass --store")
-    results = common.report(args, run, markdown)
+    results = common.report(args, run, markdown, quiet=common.SERVER_CHATTER)
     problems = failures(results, args.max_growth)
     for problem in problems:
         print(f"soak goal missed: {problem}", file=sys.stderr)
