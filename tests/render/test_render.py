@@ -12,9 +12,9 @@ import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
+from dicom_samples import dicom_bytes, make_dicom, ramp12
 from PIL import Image, ImageSequence
 from pydicom.uid import SecondaryCaptureImageStorage
-from test_imageio import dicom_bytes, make_dicom, ramp12
 
 from cxrexplain.preprocess import Geometry, to_model_input
 from cxrexplain.spec import unit_spec
