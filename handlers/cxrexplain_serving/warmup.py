@@ -29,6 +29,7 @@ from .service import ExplainService
 
 log = logging.getLogger(__name__)
 
+
 def synthetic_png(size: int, seed: int = 0) -> bytes:
     """A smooth 8-bit gray PNG of ``size`` px (upsampled noise: every method has gradients to follow)."""
     rng = np.random.default_rng(seed)
