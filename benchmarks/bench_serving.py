@@ -98,17 +98,19 @@ def worker_pid(server: Any, name: str) -> int:
 
 
 def explain_request(client: httpx.Client, server: Any, model: str, image: bytes,
-                    request_id: str | None = None) -> float:
-    """One CAM explanation the way the client SDK sends it: the PNG as the body, the options in a header, the
-    answer asked for as binary protobuf."""
-    body = codec.rest_body(codec.encode_image(image), {"methods": "cam"})
+                    request_id: str | None = None, kind: str = "cam") -> float:
+    """One request the way the client SDK sends it, a CAM explanation unless ``kind`` names another method or
+    ``predict``: the PNG as the body, the options in a header, the answer asked for as binary protobuf."""
+    options = {} if kind == "predict" else {"methods": kind}
+    body = codec.rest_body(codec.encode_image(image), options)
+    path = f"/predictions/{model}" if kind == "predict" else codec.rest_path(model)
     headers = {**server.headers(), **body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE,
                **({"x-request-id": request_id} if request_id else {})}
     start = time.perf_counter()
-    r = client.post(f"{server.url}{codec.rest_path(model)}", content=body.content, headers=headers, timeout=300)
+    r = client.post(f"{server.url}{path}", content=body.content, headers=headers, timeout=600)
     elapsed = time.perf_counter() - start
     if r.status_code != 200:
-        raise RuntimeError(f"{model}: HTTP {r.status_code}: {r.text[:300]}")
+        raise RuntimeError(f"{model} {kind}: HTTP {r.status_code}: {r.text[:300]}")
     return elapsed
 
 

@@ -27,10 +27,9 @@ import torch
 import yaml
 
 import cxrexplain
-from cxrexplain_client import codec
 
 from . import common
-from .bench_serving import png_image
+from .bench_serving import explain_request, png_image
 
 log = logging.getLogger("benchmarks.warm_start")
 TARGET = 2.0
@@ -71,20 +70,6 @@ def fresh_worker(server: Any, model: str) -> float:
     return time.perf_counter() - started
 
 
-def timed_request(client: httpx.Client, server: Any, model: str, kind: str, image: bytes) -> float:
-    """One request of ``kind`` as the client SDK sends it (raw body, options header, protobuf answer)."""
-    options = {} if kind == "predict" else {"methods": kind}
-    body = codec.rest_body(codec.encode_image(image), options)
-    path = f"/predictions/{model}" if kind == "predict" else codec.rest_path(model)
-    headers = {**server.headers(), **body.headers, "Accept": codec.PROTOBUF_MEDIA_TYPE}
-    start = time.perf_counter()
-    r = client.post(f"{server.url}{path}", content=body.content, headers=headers, timeout=600)
-    elapsed = time.perf_counter() - start
-    if r.status_code != 200:
-        raise RuntimeError(f"{model} {kind}: HTTP {r.status_code}: {r.text[:300]}")
-    return elapsed
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from export.launcher import Ports, TorchServe
 
@@ -100,8 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for variant in ("warm", "cold"):
                         model = f"{arch}-{variant}"
                         start_s = fresh_worker(server, model)
-                        first = timed_request(client, server, model, kind, image)
-                        warm = statistics.median(timed_request(client, server, model, kind, image)
+                        first = explain_request(client, server, model, image, kind=kind)
+                        warm = statistics.median(explain_request(client, server, model, image, kind=kind)
                                                  for _ in range(args.warm))
                         log.info("%s %s: first %.2f s, warm %.2f s, worker start %.1f s", model, kind, first, warm,
                                  start_s)
