@@ -16,7 +16,7 @@ import sys
 import zlib
 from collections.abc import Callable
 
-from cxrexplain_lab.hostile import deflated_dicom, large_jpeg, png_chunk, windowed_dicom, zero_png
+from cxrexplain_lab.hostile_bodies import deflated_dicom, large_jpeg, png_chunk, windowed_dicom, zero_png
 
 SIDE = 7000
 

@@ -542,7 +542,7 @@ def test_deflated_dicom_decodes_as_the_uncompressed_one() -> None:
 
 
 def test_deflated_dicom_over_the_cap_is_refused_from_its_header() -> None:
-    from cxrexplain_lab.hostile import deflated_dicom
+    from cxrexplain_lab.hostile_bodies import deflated_dicom
 
     data = deflated_dicom(2048)  # 8 MiB inflated
     with pytest.raises(InvalidInput, match="above the limit of 1000000 pixels"):

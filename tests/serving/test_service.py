@@ -20,7 +20,7 @@ from cxrexplain.models import build_classifier
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import unit_spec
 from cxrexplain_imageio import decode_image
-from cxrexplain_lab.hostile import deflated_dicom
+from cxrexplain_lab.hostile_bodies import deflated_dicom
 from cxrexplain_serving.caps import CostCaps
 from cxrexplain_serving.options import PROTOBUF, parse_options, with_header_options
 from cxrexplain_serving.predictor import OnnxPredictor
