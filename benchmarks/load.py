@@ -13,12 +13,13 @@ mix once, then picks each call's kind at random by weight with its own seeded ge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,6 @@ def check(kind: Kind, ex: Explanation) -> str | None:
 
 
 class _RetryLog(logging.Handler):
-    """Collects the SDK's retry decisions (its INFO lines "... retrying in ..."): a retried call succeeds, so
-    only this shows that the server refused or lost it once."""
-
     def __init__(self, into: list[str]) -> None:
         super().__init__(logging.INFO)
         self.into = into
@@ -142,6 +140,22 @@ class _RetryLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "retrying in" in record.getMessage():
             self.into.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def sdk_retries() -> Iterator[list[str]]:
+    """The SDK's retry decisions while the block runs (its INFO lines "... retrying in ..."): a retried call
+    succeeds, so only these show that the server refused or lost it once."""
+    retries: list[str] = []
+    sdk_log = logging.getLogger("cxrexplain_client")
+    handler, level = _RetryLog(retries), sdk_log.level
+    sdk_log.addHandler(handler)
+    sdk_log.setLevel(logging.INFO)
+    try:
+        yield retries
+    finally:
+        sdk_log.removeHandler(handler)
+        sdk_log.setLevel(level)
 
 
 async def _client(index: int, server: Server, image: bytes, mix: Sequence[Kind], deadline: float,
@@ -177,17 +191,11 @@ async def load_async(server: Server, image: bytes, clients: int, seconds: float,
                      timeout_s: float = 120.0, seed: int = 0) -> LoadResult:
     """``clients`` concurrent SDK clients calling for ``seconds`` (each finishes the call it is in)."""
     result = LoadResult(clients, seconds)
-    sdk_log = logging.getLogger("cxrexplain_client")
-    handler, level = _RetryLog(result.retries), sdk_log.level
-    sdk_log.addHandler(handler)
-    sdk_log.setLevel(logging.INFO)
     start = time.monotonic()
-    try:
+    with sdk_retries() as retries:
         await asyncio.gather(*(_client(i, server, image, mix, start + seconds, result, timeout_s, seed)
                                for i in range(clients)))
-    finally:
-        sdk_log.removeHandler(handler)
-        sdk_log.setLevel(level)
+    result.retries.extend(retries)
     result.seconds = time.monotonic() - start
     return result
 

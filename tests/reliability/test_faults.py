@@ -9,7 +9,6 @@ The tests run in file order; each leaves the server serving.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -24,32 +23,17 @@ import pytest
 from served import build_store, png_bytes
 
 import cxrexplain_client as cx
+from benchmarks.load import sdk_retries
 from export.launcher import Ports, TorchServe
 
 pytestmark = pytest.mark.serve
 
 
-class _Retries(logging.Handler):
-    """Counts the SDK's retry decisions (its INFO log lines)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "retrying in" in record.getMessage():
-            self.messages.append(record.getMessage())
-
-
 @pytest.fixture
-def retries() -> Iterator[_Retries]:
-    handler, sdk_log = _Retries(), logging.getLogger("cxrexplain_client")
-    level = sdk_log.level
-    sdk_log.addHandler(handler)
-    sdk_log.setLevel(logging.INFO)
-    yield handler
-    sdk_log.removeHandler(handler)
-    sdk_log.setLevel(level)
+def retries() -> Iterator[list[str]]:
+    """The SDK's retry decisions during the test."""
+    with sdk_retries() as messages:
+        yield messages
 
 
 def _without_autoencoder(mar: Path, name: str) -> None:
@@ -142,7 +126,7 @@ def test_a_missing_autoencoder_file_leaves_every_other_method_serving(server, im
         description = client.describe("cxr-lost-ae")
         assert not description.has_autoencoder and "latent_shift" not in description.methods
         assert client.explain(image, "cxr", methods=["latent_shift"], frames=3).targets  # the intact twin
-    assert retries.messages == []  # a missing file is not retried: it stays missing
+    assert retries == []  # a missing file is not retried: it stays missing
     assert _worker(server, "cxr-lost-ae")["status"] == "READY"
 
 
@@ -165,10 +149,10 @@ def test_a_worker_killed_under_load_loses_no_call(server, image, retries):
     after = load.served_after(killed)
     print(f"\nworker killed under 4 SDK clients: {len(load.failed)} failed calls, {len(load.done)} succeeded; first "
           f"answer {after[0][0] - killed if after else float('nan'):.1f} s after the kill, new worker READY after "
-          f"{ready} s; {len(retries.messages)} retries: {retries.messages}; failures: {load.failed}")
+          f"{ready} s; {len(retries)} retries: {retries}; failures: {load.failed}")
     assert load.failed == []
     assert ready is not None and after  # a new worker came, and served the clients
-    assert any("Worker died" in m for m in retries.messages)  # the kill hit a request in flight, retried
+    assert any("Worker died" in m for m in retries)  # the kill hit a request in flight, retried
     assert {transport for _, transport in after} == {"rest", "grpc"}
 
 
@@ -187,7 +171,7 @@ def test_a_frontend_restarted_under_load_loses_no_call(server, image, retries):
     after = load.served_after(stopped)
     print(f"\nfrontend restarted under 4 SDK clients: {len(load.failed)} failed calls, {len(load.done)} succeeded; "
           f"server back after {restarted:.1f} s, first answer {after[0][0] - stopped if after else float('nan'):.1f} s "
-          f"after the stop; {len(retries.messages)} retries; failures: {load.failed}")
+          f"after the stop; {len(retries)} retries; failures: {load.failed}")
     assert server.key() != old_key  # the restart wrote new keys: the clients had to re-read them
     assert load.failed == []
     assert {transport for _, transport in after} == {"rest", "grpc"}
