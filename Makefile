@@ -8,9 +8,11 @@ DEMO_RECIPE := export/demo_recipe.yaml
 RUN_DIR := .run
 SOAK_MINUTES ?= 10
 
-# Debian packages the tests use, as command:package. Installed with apt-get when missing and run as root (CI, a
-# fresh machine); otherwise `make` names them and stops.
-SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus dciodvfy:dicom3tools
+# Debian packages the tests use, as command-or-file:package. Installed with apt-get when missing and run as root
+# (CI, a fresh machine); otherwise `make` names them and stops. Orthanc (a real PACS, with its DICOMweb plugin),
+# dcmtk's storescu and Chromium (renders the HTML report) serve the PACS and report tests.
+SYSTEM_TOOLS := java:openjdk-17-jre-headless promtool:prometheus dciodvfy:dicom3tools Orthanc:orthanc \
+	/usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb storescu:dcmtk chromium:chromium
 
 .PHONY: help venv system java lint typecheck pytest test demo-models archives serve stop soak clean gpu-check
 
@@ -27,13 +29,13 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[serve,test]'
-	$(BIN)/pip install -q -e './client[dicom]'
+	$(BIN)/pip install -q -e './client[dicom,gateway]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 system:
-	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || [ -e $${pair%%:*} ] || missing="$$missing $${pair#*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing; install them: sudo apt-get install -y$$missing"; exit 1; fi; \
 	echo "installing Debian packages:$$missing"; \
