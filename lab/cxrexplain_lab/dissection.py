@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrexplain_lab.units import AnnotatedImage, Progress, kth_largest_per_unit, layer_batches
+from cxrexplain_lab.units import UNIT_CHUNK, AnnotatedImage, Progress, kth_largest_per_unit, layer_batches
 
 QUANTILE = 0.005  # [Khakzar2021] §2.2 after Bau et al.: P(f_k > T_k) = 0.005
 DETECTOR_IOU = 0.04  # [Khakzar2021] §2.2: a unit is a detector of c when IoU_{k,c} >= 0.04
-UNIT_CHUNK = 128  # units upsampled at once: bounds the (units, H, W) masks at annotation size
 
 
 @dataclass(frozen=True)

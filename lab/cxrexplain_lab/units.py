@@ -20,6 +20,8 @@ from cxrexplain.semantic import capture_output
 from cxrexplain_lab.metrics import Box, box_mask
 
 T = TypeVar("T")
+UNIT_CHUNK = 128
+"""Units upsampled at once to the annotation size: bounds the (units, H, W) maps whatever the layer's width."""
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 """Wraps an iterable of batches to show progress (``tqdm.tqdm`` fits); ``None`` shows nothing."""
 
