@@ -41,27 +41,35 @@ from torch import nn
 from cxrexplain_lab.units import UNIT_CHUNK, AnnotatedImage, Progress, kth_largest_per_unit, layer_batches
 
 
+def _max3x3(labels: torch.Tensor) -> torch.Tensor:
+    """The maximum over each cell's 3x3 neighbourhood, zero outside (labels are >= 0), as two separable passes
+    (several times faster than a stride-1 ``max_pool2d`` on the CPU)."""
+    p = F.pad(labels, (1, 1, 1, 1))
+    rows = torch.maximum(torch.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+    return torch.maximum(torch.maximum(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+
+
 def label_components(on: torch.Tensor) -> torch.Tensor:
     """8-connected components of boolean maps ``on`` (..., H, W), each map on its own.
 
     Returns int64 labels of the same shape: 0 off, and every component one positive label (the largest flat
-    index + 1 of its cells within its map). Label propagation with a 3x3 max (the 8-neighbourhood) and pointer
+    index + 1 of its cells within its map). Label propagation with a 3x3 maximum (the 8-neighbourhood) and pointer
     jumping, batched over all maps, pure PyTorch: scipy is a test dependency only, and this runs on the
     model's device.
     """
     shape = on.shape
     height, width = shape[-2], shape[-1]
     on = on.reshape(-1, height, width).bool()
-    ids = torch.arange(1, height * width + 1, device=on.device, dtype=torch.float64).view(1, height, width)
-    labels = ids * on  # float64 holds the integers exactly (max_pool2d takes floats)
+    ids = torch.arange(1, height * width + 1, device=on.device).view(1, height, width)
+    labels = ids * on
     while True:
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * on
+        grown = _max3x3(labels) * on
         flat = grown.reshape(grown.shape[0], -1)
         # the label l names cell l - 1 of the same component; its label is >= l: jump to it
-        jumped = flat.gather(1, (flat.long() - 1).clamp_min(0)).view_as(grown) * on
+        jumped = flat.gather(1, (flat - 1).clamp_min(0)).view_as(grown) * on
         updated = torch.maximum(grown, jumped)
         if torch.equal(updated, labels):
-            return labels.long().reshape(shape)
+            return labels.reshape(shape)
         labels = updated
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from cxrexplain.semantic import capture_output
 from cxrexplain_lab.metrics import Box, box_mask
+from cxrexplain_lab.phantom import PhantomSample
 
 T = TypeVar("T")
 UNIT_CHUNK = 128
@@ -61,6 +62,15 @@ def box_masks(boxes: Mapping[str, Sequence[Box]], shape: tuple[int, int]) -> dic
             mask |= box_mask(box, shape)
         out[name] = mask
     return out
+
+
+def from_phantoms(samples: Iterable[PhantomSample]) -> list[AnnotatedImage]:
+    """The phantom set as annotation data: each image (1, H, W) in unit space, as the phantom-trained
+    classifiers take it, with its anatomy (``left_lung``, ``right_lung``, ``heart``) and finding masks as
+    concepts."""
+    return [
+        AnnotatedImage(torch.from_numpy(s.image)[None], {**s.anatomy, **s.masks}) for s in samples
+    ]
 
 
 def _device(model: nn.Module) -> torch.device:
