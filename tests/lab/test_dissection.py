@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from cxrexplain_lab.dissection import DissectionResult, dissect, dissection_threshold_rank
-from cxrexplain_lab.units import AnnotatedImage, box_masks, kth_largest_per_unit
+from cxrexplain_lab.units import AnnotatedImage, box_masks, from_phantoms, kth_largest_per_unit
 
 
 class Units(nn.Module):
@@ -131,3 +131,13 @@ def test_planted_detector_found_and_random_unit_not() -> None:
     assert not labels[1].detector and result.iou[1].max() < 0.04, result.iou
     assert result.detector_counts() == {"spot": 1, "dark": 0}
     assert result.best_units()["spot"][0] == 0
+
+
+def test_from_phantoms_carries_anatomy_and_findings() -> None:
+    from cxrexplain_lab.phantom import make_phantom
+
+    sample = make_phantom(5, size=32, findings=["Nodule"])
+    (item,) = from_phantoms([sample])
+    assert item.image.shape == (1, 32, 32)
+    assert set(item.masks) == {"left_lung", "right_lung", "heart", "Nodule"}
+    assert np.array_equal(item.masks["Nodule"], sample.masks["Nodule"])
