@@ -89,7 +89,7 @@ def _chart(ls: LatentShiftResult, operating_point: float | None) -> str:
     p = np.asarray(ls.frame_probabilities, dtype=float)
     if len(p) < 2:
         return ""
-    w, h, pad = 320.0, 96.0, 6.0
+    w, h, pad = 320.0, 110.0, 14.0
     xs = pad + np.arange(len(p)) * (w - 2 * pad) / (len(p) - 1)
     ys = pad + (1.0 - np.clip(p, 0, 1)) * (h - 2 * pad)
     points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
@@ -101,9 +101,14 @@ def _chart(ls: LatentShiftResult, operating_point: float | None) -> str:
         op = (f'<line x1="0" x2="{w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#8a919c" stroke-dasharray="4 3"/>'
               f'<text x="{w - 2}" y="{y - 3:.1f}" text-anchor="end" font-size="9" fill="#5d6470">'
               "operating point</text>")
+    lam = np.asarray(ls.lambdas, dtype=float)
+    axis = (f'<text x="3" y="10" font-size="8" fill="#5d6470">p = 1</text>'
+            f'<text x="3" y="{h - 3}" font-size="8" fill="#5d6470">λ {lam[0]:+.1f}</text>'
+            f'<text x="{w - 3}" y="{h - 3}" text-anchor="end" font-size="8" fill="#5d6470">'
+            f"λ {lam[-1]:+.1f}</text>")
     return (f'<svg class="chart" viewBox="0 0 {w:.0f} {h:.0f}" width="100%" role="img" '
-            f'aria-label="probability per frame">'
-            f'<rect x="0" y="0" width="{w}" height="{h}" fill="#f1f2f4"/>{op}'
+            f'aria-label="probability of the target on each frame">'
+            f'<rect x="0" y="0" width="{w}" height="{h}" fill="#f1f2f4"/>{axis}{op}'
             f'<polyline points="{points}" fill="none" stroke="#1f2328" stroke-width="1.6"/>{dots}</svg>')
 
 
