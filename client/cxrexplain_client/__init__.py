@@ -16,10 +16,12 @@ from .errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
+    OutputNotWritable,
     ServerUnavailable,
     Unauthorized,
 )
 from .results import (
+    MAX_RECONSTRUCTION_GAP,
     Explanation,
     Finding,
     Geometry,
@@ -34,6 +36,7 @@ from .results import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_RECONSTRUCTION_GAP",
     "USE_CLIENT_DEFAULT",
     "AsyncExplainClient",
     "CxrExplainClientError",
@@ -48,6 +51,7 @@ __all__ = [
     "ModelDescription",
     "ModelInfo",
     "ModelNotFound",
+    "OutputNotWritable",
     "RetryPolicy",
     "ServerUnavailable",
     "StreamPart",

@@ -10,6 +10,14 @@ Examples::
         --out out/
     cxrexplain explain cxr.png --model densenet --methods gradcam,latent_shift --gif --frames 6 \
         --option gradcam.layer=features.denseblock4 --option latent_shift.search=exhaustive
+    cxrexplain explain studies/ more.dcm --model densenet --methods cam,rap,latent_shift --concurrency 4 \
+        --out out/ --report
+
+One file: its files go straight into ``--out`` and the summary is printed as JSON (errors exit with their
+code). Several paths or a folder (walked recursively: PNG, JPEG, DICOM by extension or preamble): each image
+gets ``--out/<name>/`` (DICOM: its SOP Instance UID, never the file name; PNG/JPEG: the file stem, made
+unique), a progress bar goes to stderr, a table (file, findings, status) to stdout, and the exit code is
+non-zero when an input failed (stderr names each). ``--report`` adds ``--out/<study>.html``.
 
 ``explain`` has one flag per request option of ``protos/options.json`` (``--top-k``, ``--gif``, ``--steps``,
 ``--value-range``, ...) and ``--option METHOD.OPTION=VALUE`` for each method's own options.
@@ -30,7 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, batch, codec
 from ._core import DEFAULT_GRPC_MANAGEMENT_TARGET, DEFAULT_GRPC_TARGET, DEFAULT_MANAGEMENT_URL, DEFAULT_URL
 from ._proto import options_schema as schema
 from .client import ExplainClient
@@ -39,10 +47,13 @@ from .errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
+    OutputNotWritable,
     ServerUnavailable,
     Unauthorized,
 )
-from .results import Explanation
+from .inputs import InputImage, collect
+from .report import write_reports
+from .results import MAX_RECONSTRUCTION_GAP, Explanation
 
 EXIT_CODES: tuple[tuple[type[CxrExplainClientError], int], ...] = (
     (InvalidInput, 2),
@@ -135,9 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int)
 
     p = sub.add_parser(
-        "explain", parents=[common], help="findings and explanations; writes overlays, GIFs, JSON"
+        "explain", parents=[common], help="findings and explanations; writes overlays, arrays, GIFs, JSON"
     )
-    p.add_argument("image")
+    p.add_argument("images", nargs="+", metavar="PATH", help="image files and folders (PNG, JPEG, DICOM)")
     p.add_argument("--model", required=True)
     p.add_argument("--model-version")
     p.add_argument("--methods", default="cam", help="comma-separated (cam,gradcam,lrp,rap,latent_shift,...)")
@@ -146,6 +157,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="stream parts over gRPC as they are ready")
     p.add_argument("--out", default="cxrexplain-out", help="output folder (default %(default)s)")
     p.add_argument("--alpha", type=float, default=0.6, help="overlay opacity at the heatmap maximum")
+    p.add_argument("--concurrency", type=int, default=4, help="most images in flight (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--report", action="store_true", help="write one HTML page per study into --out")
+    p.add_argument(
+        "--max-reconstruction-gap",
+        type=float,
+        default=MAX_RECONSTRUCTION_GAP,
+        help="the report warns above this |f(x) - f(D(E(x)))| (default %(default)s)",
+    )
     return parser
 
 
@@ -167,25 +187,88 @@ def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def write_outputs(ex: Explanation, image: str, out: Path, alpha: float = 0.6) -> list[Path]:
-    """Write each target's overlays (PNG), the latent-shift GIF and a JSON summary into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for target, res in ex.results.items():
-        for method in res.heatmaps:
-            path = out / f"{_safe(target)}_{_safe(method)}.png"
-            res.overlay(method, image, alpha=alpha).save(path)
-            written.append(path)
-        if res.latent_shift is not None and len(res.latent_shift.frames):
-            written.append(res.latent_shift.save_gif(out / f"{_safe(target)}_latent_shift.gif"))
-    summary = out / "summary.json"
-    summary.write_text(json.dumps(ex.summary(), indent=2) + "\n", encoding="utf-8")
-    written.append(summary)
-    return written
+    """Write each target's overlays (PNG), arrays (.npy), the latent-shift GIF and a JSON summary into ``out``
+    (:meth:`Explanation.save`)."""
+    return ex.save(out, image, alpha=alpha)
+
+
+def _explain_call(client: ExplainClient, args: argparse.Namespace) -> Any:
+    """Path -> Explanation with the command line's model, methods, targets and options (unary or streamed)."""
+    options: dict[str, Any] = {key: getattr(args, key) for key in schema.SDK_KEYWORDS}
+    options.update(method_options=_method_options(args.method_options))
+    targets: Any = _split(args.targets)
+    if targets == ["positive"]:
+        targets = "positive"
+    methods = _split(args.methods) or ["cam"]
+    # Checked once, before any file is read: a bad option fails the run, not every image of it.
+    codec.build_options(methods=methods, targets=targets, **options)
+    options.update(version=args.model_version)
+
+    def explain(path: Path) -> Explanation:
+        if not args.stream:
+            return client.explain(
+                str(path), args.model, methods, targets, transport=args.transport, **options
+            )
+        final = None
+        for part in client.stream_explain(str(path), args.model, methods, targets, **options):
+            logging.getLogger("cxrexplain").info("received part %s", part.kind)
+            final = part.explanation
+        if final is None:
+            raise CxrExplainClientError("the server streamed no parts")
+        return final
+
+    return explain
+
+
+def _exit_code(exc: BaseException) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def _explain_one(args: argparse.Namespace, item: InputImage, explain: Any) -> int:
+    """One file: files straight into ``--out``, the summary as JSON on stdout, errors raised (exit codes)."""
+    if item.error:
+        raise InvalidInput(f"{item.path}: {item.error}")
+    out = Path(args.out)
+    ex = explain(item.path)
+    written = write_outputs(ex, str(item.path), out, alpha=args.alpha)
+    if args.report:
+        written += write_reports([batch.Outcome(item, out, ex, written)], out, args.max_reconstruction_gap)
+    _print_json({**ex.summary(), "files": [str(p) for p in written]})
+    return 0
+
+
+def _explain_many(args: argparse.Namespace, items: list[InputImage], explain: Any) -> int:
+    """Several images: one folder each, a progress bar, a table, and a non-zero exit naming what failed."""
+    if args.concurrency < 1:
+        raise InvalidInput(f"--concurrency takes a number of images >= 1, got {args.concurrency}")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot create {out}: {exc.strerror}; pass an --out folder you can write to",
+                                path=str(out)) from exc
+    progress = not args.quiet and sys.stderr.isatty()
+    outcomes = batch.run(items, [out / item.name for item in items], explain, concurrency=args.concurrency,
+                         alpha=args.alpha, progress=progress)
+    batch.print_table(outcomes, sys.stdout)
+    if args.report:
+        pages = write_reports(outcomes, out, args.max_reconstruction_gap)
+        sys.stdout.write(f"{len(pages)} report page(s) in {out}\n")
+    failed = [o for o in outcomes if not o.ok]
+    if not items:
+        sys.stderr.write("cxrexplain: no PNG, JPEG or DICOM file found in the paths given\n")
+        return 2
+    if not failed:
+        return 0
+    sys.stderr.write(f"cxrexplain: {len(failed)} of {len(outcomes)} inputs failed:\n")
+    for o in failed:
+        sys.stderr.write(f"  {o.item.path}: {o.reason}\n")
+    codes = {_exit_code(o.error) for o in failed if o.error is not None}
+    return codes.pop() if len(codes) == 1 else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -204,25 +287,11 @@ def _run(args: argparse.Namespace) -> int:
             ex = client.predict(args.image, args.model, version=args.model_version, top_k=args.top_k)
             _print_json(ex.summary())
             return 0
-        options: dict[str, Any] = {key: getattr(args, key) for key in schema.SDK_KEYWORDS}
-        options.update(version=args.model_version, method_options=_method_options(args.method_options))
-        targets: Any = _split(args.targets)
-        if targets == ["positive"]:
-            targets = "positive"
-        methods = _split(args.methods) or ["cam"]
-        if args.stream:
-            final = None
-            for part in client.stream_explain(args.image, args.model, methods, targets, **options):
-                logging.getLogger("cxrexplain").info("received part %s", part.kind)
-                final = part.explanation
-            if final is None:
-                raise CxrExplainClientError("the server streamed no parts")
-            ex = final
-        else:
-            ex = client.explain(args.image, args.model, methods, targets, transport=args.transport, **options)
-        written = write_outputs(ex, args.image, Path(args.out), alpha=args.alpha)
-        _print_json({**ex.summary(), "files": [str(p) for p in written]})
-        return 0
+        explain = _explain_call(client, args)
+        items = collect(args.images)
+        if len(args.images) == 1 and not Path(args.images[0]).is_dir():
+            return _explain_one(args, items[0], explain)
+        return _explain_many(args, items, explain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,10 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except CxrExplainClientError as exc:
         sys.stderr.write(f"cxrexplain: {type(exc).__name__}: {exc}\n")
-        for cls, code in EXIT_CODES:
-            if isinstance(exc, cls):
-                return code
-        return 1
+        return _exit_code(exc)
 
 
 if __name__ == "__main__":

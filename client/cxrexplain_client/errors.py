@@ -85,6 +85,16 @@ class DeadlineExceeded(CxrExplainClientError):
     """No answer within the timeout. Raise ``timeout=`` or ask for less work (fewer methods, targets)."""
 
 
+class OutputNotWritable(CxrExplainClientError):
+    """A result could not be written where it was asked to go (``save(dir)``, the CLI's ``--out``): the
+    folder is a file, read-only, on a full disk. ``path`` is what could not be written; pick another
+    folder."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 _HINTS = {
     InvalidInput: "check the image and the options",
     ModelNotFound: "list the registered models with `cxrexplain models`",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +17,48 @@ from PIL import Image
 import cxrexplain_render as render
 
 from .display import to_display_image
+from .errors import OutputNotWritable
 
 if TYPE_CHECKING:
     from ._proto import explain_pb2
+
+MAX_RECONSTRUCTION_GAP = 0.1
+"""Largest |f(x) - f(D(E(x)))| (probability) up to which a latent-shift counterfactual is shown as trusted.
+
+The server reports the gap ([Cohen2021] App. K) and sets no bound; this is the SDK's. When the autoencoder's
+reconstruction alone moves the finding's probability by more than 0.1, the frames show the autoencoder's
+failure as much as the classifier's evidence (the README's demo: +0.89). Pass another bound where a model
+warrants it (``trusted(max_gap)``, the CLI's ``--max-reconstruction-gap``)."""
+
+
+def safe_name(name: str) -> str:
+    """A label or method as a file-name part: letters, digits, ``-_.`` kept, anything else ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn the OS's refusal to write ``path`` into :class:`OutputNotWritable`, saying what to do."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputNotWritable(
+            f"cannot write {path}: {reason}; pass an output folder you can write to", path=str(path)
+        ) from exc
+
+
+def _write(path: Path, writer: Callable[[Path], object]) -> Path:
+    with _writing(path):
+        writer(path)
+    return path
+
+
+def _folder(directory: str | os.PathLike[str]) -> Path:
+    out = Path(directory)
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -63,9 +106,12 @@ class LatentShiftResult:
 
     def save_gif(self, path: str | os.PathLike[str], duration_ms: int = 120) -> Path:
         """Write the frames as an animated GIF and return the path."""
-        out = Path(path)
-        out.write_bytes(self.to_gif(duration_ms))
-        return out
+        gif = self.to_gif(duration_ms)
+        return _write(Path(path), lambda p: p.write_bytes(gif))
+
+    def trusted(self, max_gap: float = MAX_RECONSTRUCTION_GAP) -> bool:
+        """Whether the reconstruction gap is within ``max_gap`` (see :data:`MAX_RECONSTRUCTION_GAP`)."""
+        return abs(float(self.reconstruction_gap)) <= max_gap
 
 
 @dataclass
@@ -142,6 +188,46 @@ class TargetResult:
             **kwargs,
         )
 
+    def save(
+        self, directory: str | os.PathLike[str], image: Any, alpha: float = render.DEFAULT_ALPHA
+    ) -> list[Path]:
+        """Write this target's pictures and arrays into ``directory`` (created when missing).
+
+        Parameters
+        ----------
+        directory
+            Output folder.
+        image
+            The image that was explained (as for :meth:`overlay`).
+        alpha
+            Overlay opacity.
+
+        Returns
+        -------
+        list[Path]
+            ``<target>_<method>.png`` (the overlay, :meth:`overlay`'s picture) and ``<target>_<method>.npy``
+            (the map as received: raw and signed, or display-normalized for ``png`` responses) per method;
+            with a latent shift, ``<target>_latent_shift.gif`` and ``<target>_latent_shift_frames.npy``.
+
+        Raises
+        ------
+        OutputNotWritable
+            The folder or a file in it cannot be written.
+        """
+        out = _folder(directory)
+        base = to_display_image(image)  # decoded once for every overlay
+        stem = safe_name(self.target)
+        written: list[Path] = []
+        for method, heatmap in self.heatmaps.items():
+            picture = self.overlay(method, base, alpha=alpha)
+            written.append(_write(out / f"{stem}_{safe_name(method)}.png", picture.save))
+            written.append(_write(out / f"{stem}_{safe_name(method)}.npy", partial(np.save, arr=heatmap)))
+        ls = self.latent_shift
+        if ls is not None and len(ls.frames):
+            written.append(ls.save_gif(out / f"{stem}_latent_shift.gif"))
+            written.append(_write(out / f"{stem}_latent_shift_frames.npy", partial(np.save, arr=ls.frames)))
+        return written
+
     def _heatmap(self, method: str) -> np.ndarray:
         if method in self.heatmaps:
             return self.heatmaps[method]
@@ -199,8 +285,40 @@ class Explanation:
         """Shortcut for ``result(target).to_dicom(source_dataset, method)``."""
         return self.result(target).to_dicom(source_dataset, method, **kwargs)
 
+    def save(
+        self, directory: str | os.PathLike[str], image: Any, alpha: float = render.DEFAULT_ALPHA
+    ) -> list[Path]:
+        """Write every target's files (:meth:`TargetResult.save`) and ``summary.json`` into ``directory``.
+
+        Parameters
+        ----------
+        directory
+            Output folder, created when missing. Nothing about the input (its file name, its patient) goes
+            into a name or a file: names come from targets and methods.
+        image
+            The image that was explained (path, bytes, array, PIL image or pydicom Dataset).
+        alpha
+            Overlay opacity.
+
+        Returns
+        -------
+        list[Path]
+            The paths written, ``summary.json`` (:meth:`summary`) last.
+
+        Raises
+        ------
+        OutputNotWritable
+            The folder or a file in it cannot be written.
+        """
+        base = to_display_image(image)
+        written = [path for res in self.results.values() for path in res.save(directory, base, alpha=alpha)]
+        text = json.dumps(self.summary(), indent=2) + "\n"
+        summary = _folder(directory) / "summary.json"
+        written.append(_write(summary, lambda p: p.write_text(text, encoding="utf-8")))
+        return written
+
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary (no arrays): findings, targets, methods, latent-shift numbers."""
+        """A JSON-ready summary (no arrays): findings, targets, methods, latent-shift numbers, timings."""
         out: dict[str, Any] = {
             "request_id": self.request_id,
             "model_name": self.model_name,
@@ -220,6 +338,8 @@ class Explanation:
                     "reconstruction_gap": float(ls.reconstruction_gap),
                     "frames": int(len(ls.frames)),
                     "upper_bound_reached": ls.upper_bound_reached,
+                    "trusted": ls.trusted(),
+                    "max_reconstruction_gap": MAX_RECONSTRUCTION_GAP,
                 }
             out["targets"][name] = entry
         return out
