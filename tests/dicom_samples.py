@@ -1,9 +1,13 @@
 """Small DICOM chest X-rays made in memory for the tests (a plain module beside ``conftest.py``, like
-``served.py``): ``from dicom_samples import dicom_bytes, make_dicom, ramp12``."""
+``served.py``): ``from dicom_samples import dicom_bytes, make_dicom, ramp12``; and the dciodvfy check every
+object the project writes passes (``dciodvfy_report``)."""
 
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -64,3 +68,16 @@ def dicom_bytes(ds: Dataset, preamble: bool = True) -> bytes:
         bare.update(ds)  # data set only: no preamble, no file meta
         bare.save_as(buf, implicit_vr=True, little_endian=True)
     return buf.getvalue()
+
+
+def dciodvfy_report(path: str | Path) -> tuple[list[str], list[str]]:
+    """Run dicom3tools' ``dciodvfy`` on a file: ``(errors, every line)``. Warnings are not errors (docs/dicom.md
+    lists the ones that remain and why); the lines also name the IOD the file was checked against."""
+    dciodvfy = shutil.which("dciodvfy")
+    assert dciodvfy, "dciodvfy is missing: install Debian dicom3tools (`make system` as root does)"
+    report = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (report.stdout + report.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    if report.returncode != 0 and not errors:
+        errors = [f"dciodvfy exited with {report.returncode}"]
+    return errors, lines

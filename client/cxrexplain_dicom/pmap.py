@@ -77,6 +77,8 @@ def parametric_map(
         quantity_definition=codes.SALIENCY,
     )
     # Centred on zero: evidence for the target bright, evidence against it dark, no evidence mid-grey.
+    # LINEAR_EXACT: raw maps often span less than 1 (RAP, LRP), and a LINEAR window narrower than 1 is not
+    # permitted (PS3.3 C.11.2.1.2.1); LINEAR_EXACT maps exactly [center - width/2, center + width/2].
     half = max(abs(low), abs(high), 1e-12)
     pm = hd.pm.ParametricMap(
         source_images=[_image_plane(link)],
@@ -91,7 +93,8 @@ def parametric_map(
         device_serial_number=algorithm.weights_sha256[:64] or "unknown",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.0, window_width=2.0 * half)],
+        voi_lut_transformations=[hd.VOILUTTransformation(
+            window_center=0.0, window_width=2.0 * half, voi_lut_function="LINEAR_EXACT")],
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=link.pixel_spacing, slice_thickness=None),
         content_label=_content_label(method),
         content_description=f"{method} heatmap, {target}"[:64],
