@@ -27,6 +27,8 @@ from .results import (
     LatentShiftResult,
     ModelDescription,
     ModelInfo,
+    SemanticResult,
+    SemanticUnit,
     StreamPart,
     TargetResult,
 )
@@ -49,6 +51,8 @@ __all__ = [
     "ModelInfo",
     "ModelNotFound",
     "RetryPolicy",
+    "SemanticResult",
+    "SemanticUnit",
     "ServerUnavailable",
     "StreamPart",
     "TargetResult",
