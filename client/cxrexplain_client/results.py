@@ -295,8 +295,8 @@ class Health:
 class StreamPart:
     """One message of a streamed explanation.
 
-    ``kind`` is ``findings``, ``heatmap``, ``latent_shift`` or ``end``; ``explanation`` is everything received
-    so far (after the ``last`` part it equals the unary answer).
+    ``kind`` is ``findings``, ``heatmap``, ``latent_shift``, ``semantic`` or ``end``; ``explanation`` is
+    everything received so far (after the ``last`` part it equals the unary answer).
     """
 
     kind: str

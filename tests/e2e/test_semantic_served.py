@@ -78,7 +78,9 @@ def test_semantic_rest_and_grpc_through_the_sdk(server, store, image) -> None:
                 assert (u.concept, u.detector) == (table[u.unit]["concept"], table[u.unit]["detector"])
                 assert u.iou == pytest.approx(table[u.unit]["iou"], rel=1e-6)
                 assert u.map.shape == (64, 64) and np.isfinite(u.map).all()
-            assert max(float(np.abs(u.map).max()) for u in res.semantic.units) == pytest.approx(1.0, abs=2e-3)
+            # divided by its maximum at the layer's resolution, then upsampled: a bilinear blend never exceeds it
+            assert all(float(np.abs(u.map).max()) <= 1.002 for u in res.semantic.units)
+            assert float(res.semantic.units[0].map.max()) > 0.5
             answers[transport] = res.semantic
             assert result.summary()["targets"]["Cardiomegaly"]["semantic"]["layer"] == LAYER
         assert [u.unit for u in answers["rest"].units] == [u.unit for u in answers["grpc"].units]
