@@ -23,6 +23,7 @@ CLASSIFIER_WEIGHTS = "classifier.pt"
 AUTOENCODER_WEIGHTS = "autoencoder.pt"
 ONNX_MODEL = "model.onnx"
 SERVE_CONFIG = "serve.json"
+DISSECTION_TABLE = "dissection.json"  # the semantic method's table (export.dissection_table)
 
 
 def sha256(path: Path) -> str:

@@ -19,6 +19,7 @@ from cxrexplain.spec import InputSpec
 from .archive import (
     AUTOENCODER_WEIGHTS,
     CLASSIFIER_WEIGHTS,
+    DISSECTION_TABLE,
     ONNX_MODEL,
     SERVE_CONFIG,
     build_mar,
@@ -26,6 +27,7 @@ from .archive import (
     stage_packages,
     write_json,
 )
+from .dissection_table import dissection_table
 from .onnx_export import ParityError, export_onnx
 from .recipe import STREAM_SUFFIX, ModelEntry, RecipeError, load_recipe
 
@@ -88,6 +90,12 @@ def export_entry(entry: ModelEntry, by_name: dict[str, ModelEntry], store: Path)
                 # Named, so a worker that finds the file missing says so (503 for latent_shift) instead of
                 # serving as if the archive never had one.
                 serve["autoencoder"] = {"weights": AUTOENCODER_WEIGHTS, "architecture": ae.architecture}
+            if entry.semantic:
+                table = dissection_table(bundle, entry.semantic, entry.name)
+                write_json(staging / DISSECTION_TABLE, table.to_dict())
+                serve["semantic"] = {"table": DISSECTION_TABLE}  # the handler loads it: `semantic` serves
+                record["semantic"] = {"layer": table.layer, "units": len(table.concepts),
+                                      "detectors": sum(table.detectors), "data": table.data}
             if entry.onnx:
                 record["onnx_max_abs_diff"] = export_onnx(bundle, staging / ONNX_MODEL)
             version = bundle.version

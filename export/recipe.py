@@ -18,6 +18,10 @@ models:
     onnx: true                    # write the ONNX predictions fast path (classifiers)
     stream: false                 # also write <name>-stream.mar, the twin gRPC StreamPredictions2 calls
     warm_up: true                 # answer one request of each kind at worker start (first request at warm speed)
+    semantic:                     # optional: dissect a layer at export time; the archive then serves `semantic`
+      layer: features.denseblock3 #   module path in model.named_modules()
+      concepts: phantom           #   the annotated data: the phantom set's anatomy and finding masks
+      n: 200                      #   images dissected (default 200); seed: which phantoms (default 0)
   - name: cxr-ae
     kind: autoencoder
     architecture: resnet_ae_small
@@ -67,6 +71,7 @@ class ModelEntry:
     stream: bool = False
     warm_up: bool = True
     caps: dict[str, int] = field(default_factory=dict)
+    semantic: dict[str, Any] | None = None
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -74,8 +79,31 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "input_spec": (dict,), "op_thresholds": (list,), "cam_layer": (str,), "autoencoder": (str,),
     "version": (str, int, float), "batch_size": (int,), "max_batch_delay_ms": (int,), "workers": (int,),
     "torch_threads": (int,), "onnx": (bool,), "stream": (bool,), "warm_up": (bool,),
-    "caps": (dict,),
+    "caps": (dict,), "semantic": (dict,),
 }
+SEMANTIC_FIELDS: dict[str, type] = {"layer": str, "concepts": str, "n": int, "seed": int}
+CONCEPT_SETS = ("phantom",)
+DEFAULT_DISSECTION_N = 200
+
+
+def _check_semantic(where: str, raw: dict[str, Any]) -> None:
+    """A ``semantic`` field (see :mod:`export.dissection_table`): its keys, their types and the concept set."""
+    unknown = set(raw) - set(SEMANTIC_FIELDS)
+    if unknown:
+        raise RecipeError(f"{where}: semantic has unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(SEMANTIC_FIELDS)}")
+    for key in ("layer", "concepts"):
+        if key not in raw:
+            raise RecipeError(f"{where}: semantic needs '{key}' (see export/dissection_table.py)")
+    for key, value in raw.items():
+        if not isinstance(value, SEMANTIC_FIELDS[key]) or isinstance(value, bool):
+            raise RecipeError(f"{where}: semantic.{key} must be {SEMANTIC_FIELDS[key].__name__}, got "
+                              f"{type(value).__name__} ({value!r})")
+    if raw["concepts"] not in CONCEPT_SETS:
+        raise RecipeError(f"{where}: semantic.concepts must be one of {', '.join(CONCEPT_SETS)}, got "
+                          f"{raw['concepts']!r}; dissect your own annotated data with `cxrexplain-eval dissect`")
+    if raw.get("n", DEFAULT_DISSECTION_N) < 1:
+        raise RecipeError(f"{where}: semantic.n must be at least 1, got {raw['n']}")
 
 
 def _entry(raw: Any, index: int, base: Path) -> ModelEntry:
@@ -99,6 +127,10 @@ def _entry(raw: Any, index: int, base: Path) -> ModelEntry:
             raise RecipeError(f"{where}: field '{key}' must be {names}, got {type(value).__name__} ({value!r})")
     if raw["kind"] not in KINDS:
         raise RecipeError(f"{where}: kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+    if raw.get("semantic") is not None:
+        if raw["kind"] != "classifier":
+            raise RecipeError(f"{where}: semantic applies to classifiers only")
+        _check_semantic(where, raw["semantic"])
     values = dict(raw)
     values["weights"] = (base / raw["weights"]).resolve()
     if values.get("version") is not None:

@@ -13,7 +13,8 @@ Archive layout (the archive root is the model directory; ``--extra-files`` puts 
     model.onnx               optional: predictions fast path (input "x", output logits)
     serve.json               optional: {"classifier": {"weights", "architecture"}, "autoencoder": {...},
                              "onnx": "model.onnx", "caps": {...}, "default_methods": [...], "torch_threads": n,
-                             "warm_up": false}
+                             "warm_up": false, "semantic": {"table": "dissection.json"}}
+    dissection.json          optional: the dissection table that makes the ``semantic`` method available
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from cxrexplain.allocator import keep_freed_memory
 from cxrexplain.models import load_autoencoder, load_classifier
 from cxrexplain_serving.autoencoder_service import AutoencoderService
-from cxrexplain_serving.config import caps_from_config, load_serve_config
+from cxrexplain_serving.config import caps_from_config, load_dissection_table, load_serve_config
 from cxrexplain_serving.options import OPTIONS_HEADER
 from cxrexplain_serving.predictor import OnnxPredictor
 from cxrexplain_serving.responses import internal_error
@@ -71,6 +72,13 @@ class CxrExplainHandler(BaseHandler):
         clf_cfg = config.get("classifier") or {}
         clf_path = model_dir / clf_cfg.get("weights", "classifier.pt")
         bundle = load_classifier(clf_cfg.get("architecture"), weights=clf_path)
+        try:
+            table = load_dissection_table(model_dir, config)
+        except (OSError, ValueError):  # degrade, don't fail: every other method still serves
+            log.exception("model %s: its dissection table could not be read; serving without semantic", model_name)
+            table = None
+        if table is not None:
+            bundle.extra["dissection"] = table  # makes `semantic` available (cxrexplain_serving.capabilities)
         autoencoder, autoencoder_error = None, None
         ae_cfg = config.get("autoencoder")
         ae_path = model_dir / (ae_cfg or {}).get("weights", "autoencoder.pt")

@@ -29,6 +29,8 @@ from .results import (
     LatentShiftResult,
     ModelDescription,
     ModelInfo,
+    SemanticResult,
+    SemanticUnit,
     StreamPart,
     TargetResult,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "ModelNotFound",
     "OutputNotWritable",
     "RetryPolicy",
+    "SemanticResult",
+    "SemanticUnit",
     "ServerUnavailable",
     "StreamPart",
     "TargetResult",

@@ -27,6 +27,8 @@ from .results import (
     Geometry,
     LatentShiftResult,
     ModelDescription,
+    SemanticResult,
+    SemanticUnit,
     StreamPart,
     TargetResult,
 )
@@ -331,6 +333,14 @@ def _latent_shift(ls: explain_pb2.LatentShift) -> LatentShiftResult:
     )
 
 
+def _semantic(su: explain_pb2.SemanticUnits) -> SemanticResult:
+    units = [
+        SemanticUnit(u.unit, float(u.score), u.concept, float(u.iou), u.detector, decode_map(u.map))
+        for u in su.units
+    ]
+    return SemanticResult(target=su.target, layer=su.layer, units=units)
+
+
 def to_explanation(msg: explain_pb2.ExplainResponse) -> Explanation:
     """Convert a (successful) ``ExplainResponse`` into an :class:`Explanation`; raise its ``error`` if set."""
     err = payload_error(msg)
@@ -345,6 +355,9 @@ def to_explanation(msg: explain_pb2.ExplainResponse) -> Explanation:
     for ls in msg.latent_shifts:
         res = results.setdefault(ls.target, TargetResult(target=ls.target, geometry=geometry))
         res.latent_shift = _latent_shift(ls)
+    for su in msg.semantic_units:
+        res = results.setdefault(su.target, TargetResult(target=su.target, geometry=geometry))
+        res.semantic = _semantic(su)
     return Explanation(
         request_id=msg.request_id,
         model_name=msg.model_name,

@@ -114,18 +114,43 @@ class LatentShiftResult:
         return abs(float(self.reconstruction_gap)) <= max_gap
 
 
+@dataclass(frozen=True)
+class SemanticUnit:
+    """One unit of the ``semantic`` answer: its channel ``unit`` in the layer, its contribution ``score`` to
+    the target, the ``concept`` the archive's dissection labels it by with that ``iou`` (``detector``: at
+    least the table's threshold, 0.04), and its (H, W) ``map`` divided by its maximum, at the input size."""
+
+    unit: int
+    score: float
+    concept: str
+    iou: float
+    detector: bool
+    map: np.ndarray
+
+
+@dataclass
+class SemanticResult:
+    """The ``semantic`` method's answer for one target: the top units of ``layer``, highest score first."""
+
+    target: str
+    layer: str
+    units: list[SemanticUnit]
+
+
 @dataclass
 class TargetResult:
     """Everything explained for one target of one image.
 
     ``heatmaps[method]`` is an (H, W) float32 map at the model's input resolution: raw and signed for
     ``array`` responses, display-normalized in [0, 1] for ``png`` responses (``normalized`` is then True).
+    ``semantic`` holds the ``semantic`` method's units (their concepts, IoUs and maps) when it was asked for.
     """
 
     target: str
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
     latent_shift: LatentShiftResult | None = None
     geometry: Geometry | None = None
+    semantic: SemanticResult | None = None
     normalized: dict[str, bool] = field(default_factory=dict)
 
     def overlay(self, method: str, image: Any, alpha: float = render.DEFAULT_ALPHA) -> Image.Image:
@@ -341,6 +366,12 @@ class Explanation:
                     "trusted": ls.trusted(),
                     "max_reconstruction_gap": MAX_RECONSTRUCTION_GAP,
                 }
+            if res.semantic is not None:
+                units = [
+                    {k: getattr(u, k) for k in ("unit", "score", "concept", "iou", "detector")}
+                    for u in res.semantic.units
+                ]
+                entry["semantic"] = {"layer": res.semantic.layer, "units": units}
             out["targets"][name] = entry
         return out
 
@@ -384,8 +415,8 @@ class Health:
 class StreamPart:
     """One message of a streamed explanation.
 
-    ``kind`` is ``findings``, ``heatmap``, ``latent_shift`` or ``end``; ``explanation`` is everything received
-    so far (after the ``last`` part it equals the unary answer).
+    ``kind`` is ``findings``, ``heatmap``, ``latent_shift``, ``semantic`` or ``end``; ``explanation`` is
+    everything received so far (after the ``last`` part it equals the unary answer).
     """
 
     kind: str

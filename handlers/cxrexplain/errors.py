@@ -65,3 +65,9 @@ class WeightsError(CxrExplainError):
 
     http_status = 500
     code = "weights_error"
+
+
+class DissectionRequired(CxrExplainError):
+    """The ``semantic`` method was asked of a model without a dissection table (the exporter computes one)."""
+
+    code = "dissection_required"

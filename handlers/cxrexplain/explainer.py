@@ -15,6 +15,7 @@ from .errors import AutoencoderRequired, InvalidInput, InvalidOption
 from .methods import base as registry
 from .methods.base import ForwardContext, Method
 from .methods.latent_shift import LatentShiftOutput, LatentShiftResult
+from .methods.semantic import SemanticOutput, SemanticResult, dissection_table
 from .models import find_head, load_autoencoder
 from .spec import InputSpec
 
@@ -34,8 +35,9 @@ class ExplanationResult:
 
     ``heatmaps[name]`` is (N, H, W) float32, raw and signed, at the model's input resolution. ``latent_shift``
     holds Latent Shift's frames and search outcome (``None`` unless ``latent_shift`` was requested); its frames,
-    λ, frame probabilities and reconstruction gap are also readable here directly. ``timings_ms[name]`` is the
-    time each method took on the shared forward pass.
+    λ, frame probabilities and reconstruction gap are also readable here directly. ``semantic`` holds the top
+    units of the ``semantic`` method (concepts, IoUs, maps), ``None`` unless it was requested.
+    ``timings_ms[name]`` is the time each method took on the shared forward pass.
     """
 
     labels: list[str]
@@ -43,6 +45,7 @@ class ExplanationResult:
     probabilities: torch.Tensor
     heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
     latent_shift: LatentShiftResult | None = None
+    semantic: SemanticResult | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -189,6 +192,8 @@ class Explainer:
         chosen = _methods(methods, options or {})
         if "latent_shift" in chosen and self.autoencoder is None:
             raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
+        if "semantic" in chosen:
+            dissection_table(self.bundle)  # refuse before any work when the model has no table
         x = self.check_input(x)
         captures = [m.captures(self.bundle) for m in chosen.values()]
         # Autograd bookkeeping only when a method differentiates through this forward (saliency, Grad-CAM).
@@ -217,12 +222,14 @@ class Explainer:
                 outputs[name] = method.explain(ctx)
                 timings_ms[name] = (time.perf_counter() - start) * 1e3
         shift = outputs.get("latent_shift")
+        semantic = outputs.get("semantic")
         return ExplanationResult(
             labels=list(self.bundle.labels),
             targets=ctx.targets.tolist(),
             probabilities=ctx.probabilities.cpu(),
             heatmaps={name: out.heatmap.detach().float().cpu() for name, out in outputs.items()},
             latent_shift=shift.shift.cpu() if isinstance(shift, LatentShiftOutput) else None,
+            semantic=semantic.units.cpu() if isinstance(semantic, SemanticOutput) else None,
             timings_ms=timings_ms,
         )
 

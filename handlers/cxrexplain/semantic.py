@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -156,3 +157,37 @@ def semantic_attribution(
         handle.remove()
     attributions = acts * total
     return UnitAttribution(layer=layer, attributions=attributions, scores=attributions.abs().sum(dim=(2, 3)))
+
+
+@dataclass(frozen=True)
+class DissectionTable:
+    """What the ``semantic`` method needs of a Network Dissection ([Khakzar2021] eq. 5) of ``layer``: each
+    unit's best concept, that IoU and whether it reaches the detector threshold, one entry per unit in
+    channel order. The exporter computes it (``dissection.json`` in the archive); ``data`` says on what.
+    """
+
+    layer: str
+    concepts: tuple[str, ...]
+    ious: tuple[float, ...]
+    detectors: tuple[bool, ...]
+    data: str = ""
+    detector_iou: float = 0.04
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DissectionTable:
+        """Read ``dissection.json``; raises ``ValueError`` saying what is missing (re-export the archive)."""
+        try:
+            units = sorted(d["units"], key=lambda u: int(u["unit"]))
+            if [int(u["unit"]) for u in units] != list(range(len(units))) or not units:
+                raise ValueError("its units must be 0 .. K-1, each once")
+            return cls(layer=str(d["layer"]), concepts=tuple(str(u["concept"]) for u in units),
+                       ious=tuple(float(u["iou"]) for u in units), detectors=tuple(bool(u["detector"]) for u in units),
+                       data=str(d.get("data", "")), detector_iou=float(d.get("detector_iou", 0.04)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a dissection table ({type(exc).__name__}: {exc}): re-export the archive with "
+                             "its recipe's semantic field") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "data": self.data, "detector_iou": self.detector_iou,
+                "units": [{"unit": k, "concept": c, "iou": v, "detector": det}
+                          for k, (c, v, det) in enumerate(zip(self.concepts, self.ious, self.detectors, strict=True))]}

@@ -32,9 +32,10 @@ class CostCaps:
     """Per-request limits, checked before any explanation runs.
 
     ``max_work_units`` caps targets x sum over methods of the method's cost (one unit = one forward+backward:
-    ``frames``-dependent for latent shift, ``steps`` for integrated gradients). ``max_response_bytes`` caps the
-    encoded response (maps x resolution x dtype, frames, GIF, base64 for JSON) and must stay below TorchServe's
-    ``max_response_size``: a reply above it makes the frontend drop the worker's channel and the whole batch.
+    ``frames``-dependent for latent shift, ``steps`` for integrated gradients and semantic).
+    ``max_response_bytes`` caps the encoded response (maps x resolution x dtype, frames, units' maps, GIF,
+    base64 for JSON) and must stay below TorchServe's ``max_response_size``: a reply above it makes the frontend
+    drop the worker's channel and the whole batch.
     """
 
     max_targets: int = 8
@@ -85,11 +86,12 @@ def frames(row: RowState) -> int:
     return int(option(row, "latent_shift", "frames"))
 
 
-def steps(row: RowState) -> int | None:
-    """The integrated-gradients steps the row asks for, ``None`` without that method."""
-    if "integrated_gradients" not in row.methods:
+def steps(row: RowState, method: str = "integrated_gradients") -> int | None:
+    """The path points ``method`` (``integrated_gradients`` or ``semantic``) of the row asks for, ``None``
+    without that method."""
+    if method not in row.methods:
         return None
-    return int(option(row, "integrated_gradients", "steps"))
+    return int(option(row, method, "steps"))
 
 
 def target_bound(row: RowState, labels: int) -> int:
@@ -126,10 +128,11 @@ def check_method_caps(row: RowState, caps: CostCaps) -> None:
     if "latent_shift" in row.methods and k > caps.max_frames:
         raise CostCapExceeded(f"frames={k} is above the cap of {caps.max_frames}: ask for at most "
                               f"{caps.max_frames} frames")
-    n = steps(row)
-    if n is not None and n > caps.max_steps:
-        raise CostCapExceeded(f"integrated_gradients steps={n} is above the cap of {caps.max_steps}: "
-                              f"ask for at most {caps.max_steps} steps")
+    for method in ("integrated_gradients", "semantic"):
+        n = steps(row, method)
+        if n is not None and n > caps.max_steps:
+            raise CostCapExceeded(f"{method} steps={n} is above the cap of {caps.max_steps}: "
+                                  f"ask for at most {caps.max_steps} steps")
 
 
 def check_request_caps(row: RowState, caps: CostCaps, size: int, labels: int, targets: int | None = None) -> None:
@@ -181,6 +184,8 @@ def estimate_response_bytes(row: RowState, size: int, labels: int, targets: int 
         per_target += k * (per_map + 64)
         if opts.gif:
             per_target += int(k * pixels * 1.5) + 2048  # LZW can expand noise beyond 8 bits/pixel
+    if "semantic" in row.methods:  # each unit's map, and its number, concept and IoU
+        per_target += int(option(row, "semantic", "top")) * (per_map + 192)
     total = 2048 + 96 * labels + (len(row.targets) if targets is None else targets) * per_target
     if row.content_type == JSON:
         total = int(math.ceil(total * _JSON_OVERHEAD)) + 1024

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import cxrexplain_imageio
-from cxrexplain.errors import AutoencoderRequired, CxrExplainError, InvalidInput, InvalidOption, UnsupportedMediaType
+from cxrexplain.errors import (
+    AutoencoderRequired,
+    CxrExplainError,
+    DissectionRequired,
+    InvalidInput,
+    InvalidOption,
+    UnsupportedMediaType,
+)
 from cxrexplain.methods import base as registry
 from cxrexplain.preprocess import to_model_input
 from cxrexplain.spec import InputSpec
@@ -121,6 +128,12 @@ class Preparer:
         state.method_options = {m: dict(opts.method_options.get(m, {})) for m in state.methods}
         # Parsing range-checked every option; the price needs nothing more than the options.
         price(state, self.caps, self.input_spec.size, self.labels)
+        # After the price: a request over a cap hears about the cap first, whatever its methods.
+        if "semantic" in state.methods and "semantic" not in self.methods:
+            raise DissectionRequired(
+                "semantic needs a dissection table and this model's archive has none: re-export it with a recipe "
+                f"'semantic: {{layer: ..., concepts: ...}}' field (docs/units.md), or ask for another method "
+                f"({', '.join(self.methods)})")
         # Only a request within the caps builds its methods (the constructors check what spans options) and
         # then decodes; the engine runs these instances (Explainer.explain takes them as they are).
         state.instances = {m: registry.create(m, **state.method_options[m]) for m in state.methods}

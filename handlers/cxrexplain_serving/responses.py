@@ -1,4 +1,5 @@
-"""Response building: findings, heatmaps and latent shifts as ``ExplainResponse`` messages, whole or streamed.
+"""Response building: findings, heatmaps, latent shifts and semantic units as ``ExplainResponse`` messages, whole
+or streamed.
 
 The only module that encodes pictures (through :mod:`cxrexplain_render`: PNG, raw arrays, GIF), and the only one that
 knows the wire's JSON / protobuf encodings.
@@ -123,6 +124,7 @@ class ResponseBuilder:
         to ``emit`` first."""
         heatmaps = self._heatmaps(row)
         shifts = self._latent_shifts(row)
+        semantic = self._semantic_units(row)
         if row.stream:
             # Findings went out before the explanation; now each heatmap and latent shift, then the end.
             for heatmap in heatmaps:
@@ -137,6 +139,12 @@ class ResponseBuilder:
                 part.latent_shifts.append(shift)
                 if emit is not None:
                     emit(row.index, encode(part, row.content_type), row.content_type)
+            for units in semantic:
+                part = self.header(row)
+                part.part = "semantic"
+                part.semantic_units.append(units)
+                if emit is not None:
+                    emit(row.index, encode(part, row.content_type), row.content_type)
             msg = self.header(row)
             msg.part, msg.last = "end", True
             return msg
@@ -144,6 +152,7 @@ class ResponseBuilder:
         msg.part = ""
         msg.heatmaps.extend(heatmaps)
         msg.latent_shifts.extend(shifts)
+        msg.semantic_units.extend(semantic)
         return msg
 
     @staticmethod
@@ -204,6 +213,22 @@ class ResponseBuilder:
             if opts.gif:
                 message.gif = render.frames_to_gif(frames)
             out.append(message)
+        return out
+
+    def _semantic_units(self, row: RowState) -> list[explain_pb2.SemanticUnits]:
+        result = row.result.semantic if row.result is not None else None
+        if result is None:
+            return []
+        opts, out = row.options, []
+        for j, target in enumerate(row.resolved_targets):
+            n = row.offset + j
+            units = [explain_pb2.Unit(unit=int(result.units[n, i]), score=float(result.scores[n, i]),
+                                      concept=result.concepts[n][i], iou=float(result.ious[n, i]),
+                                      detector=bool(result.detectors[n, i]),
+                                      map=wire_map(result.maps[n, i].numpy(), opts.heatmap_format,
+                                                   opts.heatmap_dtype, False))
+                     for i in range(result.units.shape[1])]
+            out.append(explain_pb2.SemanticUnits(target=self.bundle.labels[target], layer=result.layer, units=units))
         return out
 
 

@@ -8,8 +8,11 @@ import torch
 import torch.nn as nn
 from captum.attr import LayerIntegratedGradients
 
-from cxrexplain.errors import InvalidOption, UnsupportedModel
-from cxrexplain.semantic import UnitAttribution, semantic_attribution
+from cxrexplain.bundle import ClassifierBundle
+from cxrexplain.errors import DissectionRequired, InvalidOption, UnsupportedModel
+from cxrexplain.explainer import Explainer
+from cxrexplain.semantic import DissectionTable, UnitAttribution, semantic_attribution
+from cxrexplain.spec import unit_spec
 
 
 class SquareHead(nn.Module):
@@ -110,3 +113,44 @@ def test_errors_name_the_fix() -> None:
         semantic_attribution(model, x, torch.tensor([0]), "layer9")
     with pytest.raises(UnsupportedModel, match="feature map"):
         semantic_attribution(model, x, torch.tensor([0]), "head")
+
+
+# --- the served `semantic` method: semantic attribution over a dissected layer, with the table's concepts ---
+TABLE = DissectionTable(layer="features", concepts=("lung", "rib", "heart", "lung"), ious=(0.01, 0.02, 0.3, 0.0),
+                        detectors=(False, False, True, False), data="hand-made")
+
+
+def planted_bundle(table: DissectionTable | None) -> ClassifierBundle:
+    extra = {} if table is None else {"dissection": table}
+    return ClassifierBundle(module=Planted().float(), labels=["a", "b"], input_spec=unit_spec(1, 8), extra=extra)
+
+
+def test_semantic_method_names_the_planted_unit_and_its_concept() -> None:
+    torch.manual_seed(3)
+    x = torch.rand(2, 1, 8, 8)
+    result = Explainer(planted_bundle(TABLE), device="cpu").explain(
+        x, ["semantic"], targets="b", options={"semantic": {"top": 2, "steps": 8}})
+    units = result.semantic
+    assert units is not None and units.layer == "features"
+    assert units.units[:, 0].tolist() == [Planted.PLANTED] * 2
+    assert [row[0] for row in units.concepts] == ["heart", "heart"]
+    assert units.ious[:, 0].tolist() == pytest.approx([0.3, 0.3]) and units.detectors[:, 0].all()
+    assert units.maps.shape == (2, 2, 8, 8) and result.heatmaps["semantic"].shape == (2, 8, 8)
+    # the planted unit's map is its own s_k divided by its maximum (§3.5), upsampled to the input size
+    direct = semantic_attribution(Planted().float().eval(), x, torch.tensor([1, 1]), "features", steps=8)
+    torch.testing.assert_close(units.maps[:, :1], direct.unit_maps(direct.top_units(1), (8, 8)))
+    assert units.scores[:, 0].tolist() == pytest.approx(direct.scores[:, Planted.PLANTED].tolist())
+    assert (units.scores[:, 0] >= units.scores[:, 1]).all()
+
+
+def test_semantic_method_needs_a_matching_table() -> None:
+    x = torch.rand(1, 1, 8, 8)
+    with pytest.raises(DissectionRequired, match="semantic"):
+        Explainer(planted_bundle(None), device="cpu").explain(x, ["semantic"])
+    short = DissectionTable(layer="features", concepts=("lung",), ious=(0.1,), detectors=(True,))
+    with pytest.raises(UnsupportedModel, match="re-export"):
+        Explainer(planted_bundle(short), device="cpu").explain(x, ["semantic"])
+    assert DissectionTable.from_dict(TABLE.to_dict()) == TABLE
+    with pytest.raises(ValueError, match="re-export"):
+        DissectionTable.from_dict({"layer": "features", "units": [{"unit": 1, "concept": "x", "iou": 0.1,
+                                                                   "detector": True}]})

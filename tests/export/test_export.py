@@ -43,6 +43,11 @@ def entry(**overrides) -> dict:
     ({"kind": "autoencoder", "stream": True}, "stream applies to classifiers only"),
     ({"stream": "yes"}, "field 'stream' must be bool"),
     ({"torch_threads": 1.5}, "field 'torch_threads' must be int"),
+    ({"semantic": {"concepts": "phantom"}}, "semantic needs 'layer'"),
+    ({"semantic": {"layer": "features", "concepts": "imagenet"}}, "semantic.concepts must be one of phantom"),
+    ({"semantic": {"layer": "features", "concepts": "phantom", "n": "many"}}, "semantic.n must be int"),
+    ({"semantic": {"layer": "features", "concepts": "phantom", "units": 3}}, "semantic has unknown key(s) units"),
+    ({"kind": "autoencoder", "semantic": {"layer": "x", "concepts": "phantom"}}, "semantic applies to classifiers"),
 ])
 def test_recipe_errors_name_the_entry_and_field(tmp_path, bad, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
@@ -71,6 +76,16 @@ def test_unknown_architecture_is_a_clear_cli_error(tmp_path, weights, capsys):
     recipe = write_recipe(tmp_path, [entry(architecture="resnet9000")])
     assert cli.main([str(recipe), "--store", str(tmp_path / "store")]) == 2
     assert "resnet9000" in capsys.readouterr().err
+
+
+def test_semantic_with_a_wrong_layer_is_a_clear_cli_error(tmp_path, weights, capsys):
+    # dissection runs at export time: a layer the model lacks stops the export, naming the field and the fix
+    recipe = write_recipe(tmp_path, [entry(onnx=False, semantic={"layer": "features.block9", "concepts": "phantom",
+                                                                  "n": 2})])
+    assert cli.main([str(recipe), "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert "m: semantic.layer" in err and "features.block9" in err and "named_modules" in err
+    assert not list(tmp_path.glob("store/*.mar"))
 
 
 def test_export_builds_archive_and_manifest(tmp_path, weights):

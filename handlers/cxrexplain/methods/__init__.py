@@ -1,3 +1,3 @@
 """Explanation methods, one module each, registered by their wire name (see :mod:`.base`)."""
 
-from . import base, cam, gradcam, gradients, guided_backprop, latent_shift, lrp, rap  # noqa: F401
+from . import base, cam, gradcam, gradients, guided_backprop, latent_shift, lrp, rap, semantic  # noqa: F401

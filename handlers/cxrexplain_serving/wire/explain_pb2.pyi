@@ -79,6 +79,32 @@ class LatentShift(_message.Message):
     upper_bound_reached: bool
     def __init__(self, target: _Optional[str] = ..., lambdas: _Optional[_Iterable[float]] = ..., frame_probabilities: _Optional[_Iterable[float]] = ..., reconstruction_gap: _Optional[float] = ..., frames: _Optional[_Iterable[_Union[Map, _Mapping]]] = ..., gif: _Optional[bytes] = ..., map_kind: _Optional[str] = ..., direction: _Optional[str] = ..., upper_bound_reached: _Optional[bool] = ...) -> None: ...
 
+class Unit(_message.Message):
+    __slots__ = ("unit", "score", "concept", "iou", "detector", "map")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    IOU_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    unit: int
+    score: float
+    concept: str
+    iou: float
+    detector: bool
+    map: Map
+    def __init__(self, unit: _Optional[int] = ..., score: _Optional[float] = ..., concept: _Optional[str] = ..., iou: _Optional[float] = ..., detector: _Optional[bool] = ..., map: _Optional[_Union[Map, _Mapping]] = ...) -> None: ...
+
+class SemanticUnits(_message.Message):
+    __slots__ = ("target", "layer", "units")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    layer: str
+    units: _containers.RepeatedCompositeFieldContainer[Unit]
+    def __init__(self, target: _Optional[str] = ..., layer: _Optional[str] = ..., units: _Optional[_Iterable[_Union[Unit, _Mapping]]] = ...) -> None: ...
+
 class InputSpec(_message.Message):
     __slots__ = ("channels", "size", "value_range", "mean", "std", "resize")
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -132,7 +158,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("request_id", "model_name", "model_version", "not_for_diagnostic_use", "findings", "targets", "heatmaps", "latent_shifts", "geometry", "error", "description", "timings_ms", "part", "last", "reconstruction", "latent", "latent_shape")
+    __slots__ = ("request_id", "model_name", "model_version", "not_for_diagnostic_use", "findings", "targets", "heatmaps", "latent_shifts", "geometry", "error", "description", "timings_ms", "part", "last", "reconstruction", "latent", "latent_shape", "semantic_units")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +183,7 @@ class ExplainResponse(_message.Message):
     RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     LATENT_FIELD_NUMBER: _ClassVar[int]
     LATENT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_UNITS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_name: str
     model_version: str
@@ -174,4 +201,5 @@ class ExplainResponse(_message.Message):
     reconstruction: Map
     latent: Map
     latent_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., not_for_diagnostic_use: _Optional[bool] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., targets: _Optional[_Iterable[str]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., latent_shifts: _Optional[_Iterable[_Union[LatentShift, _Mapping]]] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., description: _Optional[_Union[ModelDescription, _Mapping]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., part: _Optional[str] = ..., last: _Optional[bool] = ..., reconstruction: _Optional[_Union[Map, _Mapping]] = ..., latent: _Optional[_Union[Map, _Mapping]] = ..., latent_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    semantic_units: _containers.RepeatedCompositeFieldContainer[SemanticUnits]
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., not_for_diagnostic_use: _Optional[bool] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., targets: _Optional[_Iterable[str]] = ..., heatmaps: _Optional[_Iterable[_Union[Heatmap, _Mapping]]] = ..., latent_shifts: _Optional[_Iterable[_Union[LatentShift, _Mapping]]] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., description: _Optional[_Union[ModelDescription, _Mapping]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., part: _Optional[str] = ..., last: _Optional[bool] = ..., reconstruction: _Optional[_Union[Map, _Mapping]] = ..., latent: _Optional[_Union[Map, _Mapping]] = ..., latent_shape: _Optional[_Iterable[int]] = ..., semantic_units: _Optional[_Iterable[_Union[SemanticUnits, _Mapping]]] = ...) -> None: ...
