@@ -410,8 +410,17 @@ _TABLE: dict[str, Any] = {'boolean': {'true': ['true', '1', 'yes', 'on'], 'false
              'lrp': {'alpha': {'type': 'float',
                                'default': '1.0',
                                'help': 'positive share (alpha - beta = 1)'},
-                     'beta': {'type': 'float', 'default': '0.0', 'help': 'negative share'}},
-             'rap': {}}}
+                     'beta': {'type': 'float', 'default': '0.0', 'help': 'negative share'},
+                     'batchnorm': {'type': 'choice',
+                                   'choices': ['pass', 'zennit'],
+                                   'default': 'pass',
+                                   'help': 'relevance through BatchNorm unchanged (the RAP authors), or '
+                                           'BatchNorm folded into the conv / a diagonal layer (zennit)'}},
+             'rap': {'batchnorm': {'type': 'choice',
+                                   'choices': ['pass', 'zennit'],
+                                   'default': 'pass',
+                                   'help': "relevance through BatchNorm unchanged (the RAP authors' code), "
+                                           'or BatchNorm folded into the conv / a diagonal layer (zennit)'}}}}
 
 
 class ExplainOptions(TypedDict, total=False):

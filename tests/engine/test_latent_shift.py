@@ -324,6 +324,25 @@ def test_published_walk_stops_on_a_rise() -> None:
         assert p(expected) > p(expected + (1 if expected > -10 else 10))  # it stopped because p rose
 
 
+@pytest.mark.parametrize("search", ["app_c", "reference_walk"])
+def test_published_searches_use_the_sigmoid_direction_whatever_direction_says(search: str) -> None:
+    """A logit direction would put App. C's λ grid on other images (∂σ(f)/∂z = p0 (1 - p0) ∂f/∂z): the
+    published searches always take the paper's sigmoid direction and grid, so direction=logit changes nothing."""
+    clf, ae, x = BoxScore("linear", 1.0, 0.1), PoolAE(), images()
+    ex = explainer(clf, ae)
+    as_logit, as_sigmoid = shift(ex, x, search=search, direction="logit"), shift(ex, x, search=search,
+                                                                                  direction="sigmoid")
+    assert torch.equal(as_logit.lambdas, as_sigmoid.lambdas)
+    assert torch.equal(as_logit.latent_shift.frames, as_sigmoid.latent_shift.frames)
+    assert as_logit.latent_shift.direction == "sigmoid"
+    # and the logit direction, where a search takes it, is a different walk on this model
+    fast_logit, fast_sigmoid = shift(ex, x, direction="logit"), shift(ex, x, direction="sigmoid")
+    assert fast_logit.latent_shift.direction == "logit"
+    assert not torch.equal(fast_logit.lambdas, fast_sigmoid.lambdas)
+    assert LatentShift(search=search, direction="logit").cost() == LatentShift(search=search,
+                                                                               direction="sigmoid").cost()
+
+
 # --- frames, maps, gap, shapes -------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from propagation_nets import (
 import cxrexplain
 from cxrexplain.methods.base import create
 from cxrexplain.methods.lrp import lrp_rules
-from cxrexplain.methods.rap import RAP_RULES
+from cxrexplain.methods.rap import RAP_RULES, rap_rules
 from cxrexplain.propagation import linear_maps, nodes, pointwise
 
 # One torch thread for this module (set by a fixture, so the setting does not leak into other modules).
@@ -200,8 +200,9 @@ def test_matches_zennit_alpha1_beta0(name):
     model = random_classifier(name)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     targets = [0, 2]
+    # zennit's canonizers fold BatchNorm into the convolutions: compare like with like (batchnorm=zennit)
     result = cxrexplain.Explainer(copy.deepcopy(model), device="cpu", labels=labels()).explain(
-        x, ["lrp"], targets=targets
+        x, ["lrp"], targets=targets, options={"lrp": {"batchnorm": "zennit"}}
     )
     ours = result.heatmaps["lrp"]
     reference = zennit_lrp(name, model, x, targets)
@@ -214,7 +215,7 @@ def test_matches_zennit_alpha1_beta0(name):
 def test_matches_zennit_on_densenet_in_float64():
     model = random_classifier("densenet121").double()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    ours = relevance_at_input(model, x, at_target([1]), lrp_rules(), "lrp").sum(1)
+    ours = relevance_at_input(model, x, at_target([1]), lrp_rules(batchnorm="zennit"), "lrp").sum(1)
     reference = zennit_lrp("densenet121", model, x, [1])
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-9 * reference.abs().max().item())
 
@@ -265,7 +266,8 @@ def test_no_state_leaks_and_repeatable():
         assert torch.equal(value, before[key]), key
 
 
-@pytest.mark.parametrize("rules", [lrp_rules(1.0, 0.0), lrp_rules(2.0, 1.0), RAP_RULES], ids=["lrp", "lrp21", "rap"])
+@pytest.mark.parametrize("rules", [lrp_rules(1.0, 0.0), lrp_rules(2.0, 1.0), RAP_RULES, lrp_rules(batchnorm="pass"),
+                                   rap_rules("pass")], ids=["lrp", "lrp21", "rap", "lrp-pass", "rap-pass"])
 def test_cached_linear_maps_follow_parameter_changes(rules):
     """The engine keeps each layer's merged / clamped weights between calls; a parameter or BatchNorm
     statistic changed in place, or replaced, must give the result a fresh traced model gives."""

@@ -127,6 +127,7 @@ _ENGINE_TYPES = {"int": int, "float": float, "bool": bool, "text": str, "choice"
 
 def test_schema_method_options_are_what_the_engine_declares() -> None:
     base, gradients, latent_shift = _engine()
+    from cxrexplain.propagation import BATCHNORM_RULES
     from cxrexplain_client._proto import options_schema as schema
 
     assert sorted(schema.METHODS) == sorted(base.REGISTRY)
@@ -142,6 +143,8 @@ def test_schema_method_options_are_what_the_engine_declares() -> None:
         "latent_shift.search": latent_shift.SEARCHES,
         "latent_shift.stop": latent_shift.STOPS,
         "integrated_gradients.integration": gradients.INTEGRATION_RULES,
+        "lrp.batchnorm": tuple(BATCHNORM_RULES),
+        "rap.batchnorm": tuple(BATCHNORM_RULES),
     }
     for key, engine_choices in choices.items():
         assert schema.method_option(key).choices == engine_choices, key

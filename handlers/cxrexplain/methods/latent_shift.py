@@ -36,6 +36,7 @@ from .base import ForwardContext, Method, MethodOutput, register
 DIRECTIONS = ("logit", "sigmoid")
 MAPS = ("max", "mean", "minmax", "int")
 SEARCHES = ("fast", "exhaustive", "app_c", "reference_walk")
+PUBLISHED = ("app_c", "reference_walk")  # the published procedures: the paper's sigmoid direction and λ grid
 STOPS = ("relative", "absolute")
 # Decode+classify batch: on this 2-core CPU ResNetAE-101 is fastest per image at 2 (BENCHMARKS.md, latent
 # shift); GPUs want more.
@@ -211,6 +212,11 @@ class LatentShift(Method):
     while 30 % of p0 can be reached from any p0. The two agree closely on confident predictions (p0 = 0.9:
     0.63 vs 0.60 below). Neither rise can be reached near p0 = 1 (relative above p0 = 1 / (1 + rise), absolute
     above 1 - rise). The published searches (``app_c``, ``reference_walk``) keep their own absolute rules.
+
+    ``search=app_c`` and ``search=reference_walk`` reproduce published procedures, so they always shift along the
+    paper's sigmoid direction ∂σ(f)/∂z and walk its λ grid (0, -10, -20 ... and the reference code's fine start),
+    whatever ``direction`` says: along the logit direction the same λ grid would land on different images
+    (∂σ(f)/∂z = p0 (1 - p0) ∂f/∂z). The result's ``direction`` says ``sigmoid`` for them.
     """
 
     name = "latent_shift"
@@ -250,12 +256,18 @@ class LatentShift(Method):
         o = {key: options.get(key, getattr(cls, key)) for key in ("frames", "max_lambda", "step", "direction",
                                                                    "search")}
         # logit steps are the sigmoid's times p0 (1 - p0) <= 0.25 (see _searches)
-        kmax = grid_steps(o["max_lambda"], o["step"] * (0.25 if o["direction"] == "logit" else 1.0))
+        logit = o["direction"] == "logit" and o["search"] not in PUBLISHED
+        kmax = grid_steps(o["max_lambda"], o["step"] * (0.25 if logit else 1.0))
         search = {"fast": 2 * fast_evaluations_bound(kmax), "exhaustive": 2 * kmax,
                   "app_c": kmax, "reference_walk": kmax + 9}.get(o["search"], 2 * kmax)
         # The search's passes plus one decoded frame each; never under 2 per frame (each frame is a decode and a
         # classification, even when the search reuses some of them).
         return max(1 + int(o["frames"]) + search, 2 * int(o["frames"]))
+
+    @property
+    def shift_direction(self) -> str:
+        """The direction the frames move along: ``sigmoid`` for the published searches, else ``direction``."""
+        return "sigmoid" if self.search in PUBLISHED else self.direction
 
     def thresholds(self, p0: float) -> tuple[float, float]:
         """The probabilities that end the lower and upper searches ([Cohen2021] §4.2, read as ``stop`` says)."""
@@ -287,7 +299,7 @@ class LatentShift(Method):
             raise AutoencoderRequired("latent_shift needs an autoencoder, and this model was loaded without one")
         batch = self.batch_size or (CUDA_BATCH if ctx.x.device.type == "cuda" else CPU_BATCH)
         shifter = Shifter(ctx.bundle, ctx.autoencoder, ctx.x, ctx.targets, batch)
-        grad, p0, x0 = shifter.directions(self.direction)
+        grad, p0, x0 = shifter.directions(self.shift_direction)
         p0_list = p0.tolist()
         n = len(p0_list)
         # Every evaluated (row, λ) keeps its image: the frames at the two bounds (and at λ = 0, D(E(x))) were
@@ -329,7 +341,7 @@ class LatentShift(Method):
                 upper_bound_reached=torch.tensor([b.reached for b in upper]),
                 lower_bound_reached=torch.tensor([b.reached for b in lower]),
                 map_kind=self.map,
-                direction=self.direction,
+                direction=self.shift_direction,
                 passes=shifter.passes,
                 search_passes=search_passes,
             ),

@@ -18,7 +18,10 @@ Node kinds (anything else raises :class:`~cxrexplain.errors.UnsupportedModel` na
     (DenseNet's, after a concatenation) is the per-channel affine map ``y = a x + b`` with
     ``a = gamma / sqrt(var + eps)``: a diagonal linear layer, to which the method's affine rule applies
     unchanged. Biases (and BatchNorm shifts ``b``) are left out of every ``z`` ([Nam2021] eq. 2 has no bias
-    term), so relevance is conserved exactly ([Nam2021] eq. 1) on bias-free networks.
+    term), so relevance is conserved exactly ([Nam2021] eq. 1) on bias-free networks. That is BatchNorm as
+    zennit folds it (``batchnorm=zennit``); a rule table with a ``batchnorm`` rule (``batchnorm=pass``, the RAP
+    authors' rule and the methods' default) keeps every BatchNorm as a ``batchnorm`` node instead, relevance
+    passing through unchanged to the conv before it, which keeps its own weights (docs/fidelity.md).
 ``head``
     The affine node that produces the logits (through reshapes only); methods may give it its own rule
     (RAP's first step, [Nam2021] eqs. 3-4); otherwise the ``affine`` rule applies.
@@ -37,6 +40,7 @@ from .linear_maps import LinearMap
 from .nodes import SUPPORTED, Op, Plan, plan_for
 from .numerics import EPSILON, negative, per_sample_dot, per_sample_sum, positive, split_sign, stabilize, vjp
 from .rules import (
+    BATCHNORM_RULES,
     GRADIENT_RULES,
     RELEVANCE_RULES,
     Rule,
@@ -49,12 +53,14 @@ from .rules import (
     pass_through,
     reshape_back,
     split_cat,
+    with_batchnorm,
     z_rule_pool,
     z_rule_sum,
 )
 from .walk import propagate
 
 __all__ = [
+    "BATCHNORM_RULES",
     "EPSILON",
     "GRADIENT_RULES",
     "RELEVANCE_RULES",
@@ -81,6 +87,7 @@ __all__ = [
     "split_sign",
     "stabilize",
     "vjp",
+    "with_batchnorm",
     "z_rule_pool",
     "z_rule_sum",
 ]

@@ -106,10 +106,18 @@ def _diagonal(bn: nn.BatchNorm2d, name: str) -> LinearMap:
 
 
 class Plan:
-    """How each node of a traced model is propagated; built lazily, cached per :class:`TracedModel`."""
+    """How each node of a traced model is propagated; built lazily, cached per :class:`TracedModel` and
+    BatchNorm treatment.
 
-    def __init__(self, traced: TracedModel):
+    ``fold_batchnorm`` True: every BatchNorm is an ``affine`` node (merged into the conv before it, or the
+    diagonal map), as zennit's canonizers make it. False: every BatchNorm is a ``batchnorm`` node of its own
+    and the conv before it an ``affine`` node with its own weights, so a rule table's ``batchnorm`` rule
+    decides (the RAP authors' code passes relevance through unchanged).
+    """
+
+    def __init__(self, traced: TracedModel, fold_batchnorm: bool = True):
         self.traced = traced
+        self.fold_batchnorm = fold_batchnorm
         self._ops: dict[str, Op] = {}
         self._nonnegative: dict[str, bool] = {}
         self.head = self._find_head()
@@ -194,6 +202,9 @@ class Plan:
         raise self._unsupported(node, f"{node.op} {node.target}", method)
 
     def _batchnorm(self, node: fx.Node, bn: nn.BatchNorm2d, first: tuple[fx.Node, ...]) -> Op:
+        if not self.fold_batchnorm:
+            _bn_affine(bn, node.name)  # the same error for a BatchNorm without running statistics
+            return Op(node, "batchnorm", first, modules=(bn,))
         source = first[0]
         after_conv = source.op == "call_module" and isinstance(self.traced.module_of(source), nn.Conv2d)
         if after_conv and len(source.users) == 1:
@@ -232,11 +243,12 @@ class Plan:
         return None
 
 
-_PLANS: MutableMapping[TracedModel, Plan] = weakref.WeakKeyDictionary()
+_PLANS: MutableMapping[TracedModel, dict[bool, Plan]] = weakref.WeakKeyDictionary()
 
 
-def plan_for(traced: TracedModel) -> Plan:
-    """The cached :class:`Plan` of a traced model."""
-    if traced not in _PLANS:
-        _PLANS[traced] = Plan(traced)
-    return _PLANS[traced]
+def plan_for(traced: TracedModel, fold_batchnorm: bool = True) -> Plan:
+    """The cached :class:`Plan` of a traced model, BatchNorms folded into affine nodes or kept as their own."""
+    plans = _PLANS.setdefault(traced, {})
+    if fold_batchnorm not in plans:
+        plans[fold_batchnorm] = Plan(traced, fold_batchnorm)
+    return plans[fold_batchnorm]

@@ -112,3 +112,23 @@ GRADIENT_RULES: dict[str, Rule] = {
     "maxpool": gradient_pool,
 }
 """The plain vector-Jacobian product of every kind: the table guided backprop modifies."""
+
+
+BATCHNORM_RULES: dict[str, str] = {
+    "pass": "relevance passes through every BatchNorm unchanged; the conv before it keeps its own weights "
+            "(the RAP authors' code, wjNam/Relative_Attributing_Propagation)",
+    "zennit": "BatchNorm merged into the conv before it, or a diagonal affine layer where it cannot be merged "
+              "(DenseNet's, after a concatenation), with the method's affine rule (zennit's canonizers)",
+}
+"""The BatchNorm treatments a relevance method offers (a ``batchnorm`` option), with what each does."""
+
+
+def with_batchnorm(rules: dict[str, Rule], batchnorm: str) -> dict[str, Rule]:
+    """``rules`` with BatchNorm treated as ``batchnorm`` says (a key of :data:`BATCHNORM_RULES`).
+
+    ``pass`` adds a ``batchnorm`` rule, which makes :func:`~.walk.propagate` keep every BatchNorm as a node of
+    its own; ``zennit`` adds none, so BatchNorms are folded into affine nodes.
+    """
+    if batchnorm not in BATCHNORM_RULES:
+        raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_RULES)}, got {batchnorm!r}")
+    return {**rules, "batchnorm": pass_through} if batchnorm == "pass" else dict(rules)

@@ -32,7 +32,9 @@ def propagate(
     start
         (N, L) relevance (or gradient) at the logits.
     rules
-        Node kind -> :class:`Rule`; ``"head"`` optionally overrides ``"affine"`` for the output layer.
+        Node kind -> :class:`Rule`; ``"head"`` optionally overrides ``"affine"`` for the output layer. A table
+        with a ``"batchnorm"`` rule gets every BatchNorm as a node of its own (the conv before it keeps its own
+        weights); without one, BatchNorms are folded into ``affine`` nodes (see :class:`~.nodes.Plan`).
     method
         The method's wire name, for error messages.
     record
@@ -43,7 +45,7 @@ def propagate(
     torch.Tensor
         Shaped like the input (N, C, H, W).
     """
-    plan = plan_for(traced)
+    plan = plan_for(traced, fold_batchnorm="batchnorm" not in rules)
     logits = traced.output_node.args[0]
     if not isinstance(logits, fx.Node):
         raise UnsupportedModel(f"{method} needs a model that returns one logits tensor")
