@@ -82,6 +82,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {', '.join(str(f) for f in section.files)}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
