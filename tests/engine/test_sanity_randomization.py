@@ -14,84 +14,41 @@ it for guided backprop), so there is no property of theirs to hold them to.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
-from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer
-from cxrexplain_lab.metrics import spearman
+from cxrexplain import AutoencoderBundle, ClassifierBundle
+from cxrexplain_lab.sanity import cascade_blocks, cascading_randomization
 
 ASSERTED = ["cam", "gradcam", "saliency", "integrated_gradients", "latent_shift"]
 OPTIONS = {"integrated_gradients": {"steps": 32}}
-
-# Cumulative cascade, output first. norm5 belongs to the last dense block's step and norm0 to the stem's.
-CASCADE = [
-    ("classifier", ["classifier"]),
-    ("denseblock4", ["features.denseblock4", "features.norm5"]),
-    ("transition3", ["features.transition3"]),
-    ("denseblock3", ["features.denseblock3"]),
-    ("transition2", ["features.transition2"]),
-    ("denseblock2", ["features.denseblock2"]),
-    ("transition1", ["features.transition1"]),
-    ("denseblock1", ["features.denseblock1"]),
-    ("conv0", ["features.conv0", "features.norm0"]),
-]
 
 # Trains the phantom fixtures on first use (cached afterwards), then ~10 explanations per method.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row's flattened maps; 0 where a map is constant.
+def test_densenet_cascade_is_the_papers():
+    """[Cohen2021] App. H's order: output first, norm5 with the last dense block, norm0 with the stem."""
+    from cxrexplain.models import load_classifier
 
-    A constant map (Grad-CAM's ReLU can leave all zeros once the weights are random) ranks no pixel above
-    another, so it keeps none of the original ranking: its correlation counts as 0 rather than NaN.
-    """
-    rho = np.asarray(spearman(a, b, batch=True), dtype=np.float64)
-    return np.nan_to_num(rho, nan=0.0)
-
-
-def randomize(module: nn.Module, paths: list[str], seed: int) -> None:
-    """Re-initialize every layer under ``paths`` with PyTorch's default initialization (random for conv and
-    linear weights; BatchNorm back to its identity affine and fresh running statistics)."""
-    torch.manual_seed(seed)
-    for path in paths:
-        for layer in module.get_submodule(path).modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                layer.reset_running_stats()
-            reset = getattr(layer, "reset_parameters", None)
-            if callable(reset):
-                reset()
+    steps = cascade_blocks(load_classifier("densenet_small", labels=["a", "b"]).module)
+    assert [paths for _, paths in steps] == [
+        ["classifier"], ["features.denseblock4", "features.norm5"], ["features.transition3"],
+        ["features.denseblock3"], ["features.transition2"], ["features.denseblock2"], ["features.transition1"],
+        ["features.denseblock1"], ["features.conv0", "features.norm0"]]
 
 
 def run_cascade(bundle: ClassifierBundle, images: torch.Tensor, targets: list[str], methods: list[str],
                 autoencoder: AutoencoderBundle | None = None) -> dict[str, list[float]]:
-    """Mean Spearman correlation per method (keys) and cascade step (list entries)."""
-
-    def explain(module: nn.Module) -> dict[str, np.ndarray]:
-        copy_ = ClassifierBundle(module=module, labels=list(bundle.labels), input_spec=bundle.input_spec,
-                                 cam_layer=bundle.cam_layer)
-        ex = Explainer(copy_, autoencoder=autoencoder, device="cpu")
-        return {name: ex.explain(images, methods=[name], targets=targets, options=OPTIONS).heatmaps[name]
-                .abs().numpy() for name in methods}
-
+    """Mean Spearman correlation per method (keys) and cascade step (list entries), on 2 threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     try:
-        original = explain(copy.deepcopy(bundle.module))
-        module = copy.deepcopy(bundle.module)
-        table: dict[str, list[float]] = {name: [] for name in methods}
-        for step, (_, paths) in enumerate(CASCADE):
-            randomize(module, paths, seed=1000 + step)
-            maps = explain(copy.deepcopy(module))
-            for name in methods:
-                table[name].append(float(np.mean(spearman_rows(original[name], maps[name]))))
+        curves = cascading_randomization(bundle, images, targets, methods, autoencoder, OPTIONS)
     finally:
         torch.set_num_threads(threads)
-    return table
+    return {name: curves.mean(name).tolist() for name in methods}
 
 
 @pytest.fixture(scope="module")
