@@ -2,6 +2,7 @@
 
     cxrexplain-eval localize --weights clf.pt --images DIR --boxes BBox_List_2017.csv --out eval/
     cxrexplain-eval randomize --architecture densenet121 --weights w.pt --labels A,B --phantom 40 --out eval/
+    cxrexplain-eval dissect --weights clf.pt --images DIR --masks MASKS --layer features.denseblock3 --out eval/
     cxrexplain-eval report --model cxr --url http://localhost:8080 --token-file key_file.json --images DIR ...
 
 Each subcommand is one module exposing a :class:`~.command.Subcommand`, registered in :data:`SUBCOMMANDS`;
@@ -16,13 +17,13 @@ from pathlib import Path
 
 from cxrexplain.errors import CxrExplainError
 
-from . import localize, randomize, report
+from . import concepts, dissect, localize, randomize, report
 from .command import Session, Subcommand
 from .data import DataError
 from .model import NeedsInsides
 
 # The registered subcommands, in the order ``report`` runs them. A new one is a module with a COMMAND, added here.
-SUBCOMMANDS: list[Subcommand] = [localize.COMMAND, randomize.COMMAND]
+SUBCOMMANDS: list[Subcommand] = [localize.COMMAND, randomize.COMMAND, dissect.COMMAND, concepts.COMMAND]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

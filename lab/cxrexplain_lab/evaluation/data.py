@@ -66,7 +66,9 @@ class Problems:
     entries: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
 
     def add(self, kind: str, message: str) -> None:
-        self.entries.append((kind, message))
+        """Record a skip once: ``report``'s subcommands read the same images, each meeting the same problems."""
+        if (kind, message) not in self.entries:
+            self.entries.append((kind, message))
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

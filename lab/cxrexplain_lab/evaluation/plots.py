@@ -1,8 +1,10 @@
-"""The evaluation's pictures (matplotlib, drawn off-screen): IoU against T per method, randomization curves."""
+"""The evaluation's pictures (matplotlib, drawn off-screen): IoU against T per method, randomization curves,
+detectors per concept and the units' maps."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -50,6 +52,61 @@ def randomization_curves(steps: Sequence[str], mean: Mapping[str, np.ndarray], s
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def detectors_per_concept(counts: Mapping[str, int], best: Mapping[str, tuple[int, float]], path: Path,
+                          title: str) -> Path:
+    """Bars: detectors per concept ([Khakzar2021] Fig. 3's count); beside them each concept's best unit IoU."""
+    names = list(counts)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=120)
+    left.bar(names, [counts[n] for n in names], color="tab:blue")
+    left.set_ylabel("detector units (IoU >= threshold)")
+    right.bar(names, [best[n][1] if n in best else 0.0 for n in names], color="tab:orange")
+    right.set_ylabel("best unit's IoU")
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class UnitView:
+    """One unit on one image: the image (H, W), the unit's map upsampled to the mask's size, its threshold T_k and
+    the concept's mask."""
+
+    title: str
+    image: np.ndarray
+    unit_map: np.ndarray
+    threshold: float
+    mask: np.ndarray
+
+
+def unit_maps(views: Sequence[UnitView], path: Path) -> Path:
+    """A row per view: the image with the concept outlined, the unit's map over it, and M_k = map >= T_k."""
+    fig, axes = plt.subplots(max(1, len(views)), 3, figsize=(7.5, 2.5 * max(1, len(views))), dpi=100,
+                             squeeze=False)
+    for row, view in zip(axes, views, strict=False):
+        for ax in row:
+            ax.imshow(view.image, cmap="gray")
+            ax.contour(view.mask, levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_title(view.title, fontsize=8, loc="left")
+        row[1].imshow(view.unit_map, cmap="inferno", alpha=0.6)
+        row[1].set_title("unit map", fontsize=8)
+        row[2].imshow(np.ma.masked_where(view.unit_map < view.threshold, view.unit_map), cmap="autumn", alpha=0.8)
+        row[2].set_title("M_k (map >= T_k)", fontsize=8)
+    for row in axes[len(views):]:
+        for ax in row:
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
