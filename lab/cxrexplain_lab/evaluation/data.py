@@ -22,7 +22,6 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cxrexplain_lab.phantom import PhantomDataset
+from cxrexplain_render import GeometryLike
 
 FloatBox = tuple[float, float, float, float]  # (x0, y0, x1, y1) in original pixels, x1/y1 exclusive
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
@@ -40,23 +40,6 @@ HELD_OUT_SEED = 90_210  # training draws from seed*2+1000 and validation from se
 
 class DataError(ValueError):
     """The data cannot be evaluated at all (nothing usable, an unreadable CSV); the message says what to fix."""
-
-
-class GeometryLike(Protocol):
-    """:class:`cxrexplain.preprocess.Geometry` or the SDK's ``Geometry``: where the model's square lies."""
-
-    @property
-    def original_height(self) -> int: ...
-    @property
-    def original_width(self) -> int: ...
-    @property
-    def crop_top(self) -> int: ...
-    @property
-    def crop_left(self) -> int: ...
-    @property
-    def crop_size(self) -> int: ...
-    @property
-    def model_size(self) -> int: ...
 
 
 @dataclass

@@ -23,10 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrexplain_lab import metrics
+from cxrexplain_render import GeometryLike
 
 from . import plots
 from .command import Section, Session, Subcommand
-from .data import EvalImage, GeometryLike, mask_to_model_space, to_model_space
+from .data import EvalImage, mask_to_model_space, to_model_space
 from .model import LocalModel, Model, Unreadable
 
 METHODS = ("cam", "gradcam", "lrp", "rap", "saliency", "guided_backprop", "integrated_gradients", "latent_shift")

@@ -20,8 +20,9 @@ from cxrexplain.models import load_autoencoder, load_classifier
 from cxrexplain.preprocess import Geometry, to_model_input
 from cxrexplain.semantic import find_layer
 from cxrexplain_imageio import decode_image
+from cxrexplain_render import GeometryLike
 
-from .data import EvalImage, GeometryLike
+from .data import EvalImage
 
 Maps = dict[str, dict[str, np.ndarray]]  # finding -> method -> (S, S) raw map
 
