@@ -1,9 +1,10 @@
 """The DICOM node: a pynetdicom Application Entity that accepts chest X-rays by C-STORE.
 
 It negotiates only the CR and DX (for presentation, for processing) storage SOP classes (and Verification, for
-C-ECHO), so a sender offering anything else has that presentation context refused at association. A C-STORE
-whose Modality is not CR or DX is answered with a failure status (0xA900) and a log line. An accepted instance
-is on disk (fsynced) before the success status goes back; then it is queued for the worker pool.
+C-ECHO), uncompressed or in the JPEG, JPEG 2000, JPEG-LS and RLE syntaxes, so a sender offering anything
+else has that presentation context refused at association. A C-STORE whose Modality is not CR or DX is
+answered with a failure status (0xA900) and a log line. An accepted instance is on disk (fsynced) before the
+success status goes back; then it is queued for the worker pool.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     UID,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -32,6 +42,12 @@ log = logging.getLogger(__name__)
 CHEST_XRAY_SOP_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                           DigitalXRayImageStorageForProcessing)
 CHEST_XRAY_MODALITIES = ("CR", "DX")
+# PACS archives keep CR and DX compressed as often as not, and a sender finding none of its syntaxes accepted
+# must transcode or give up: so, besides the uncompressed ones, every syntax the service decodes and pydicom
+# reads here for the overlays (with the `gateway` extra's pylibjpeg and pyjpegls plugins).
+TRANSFER_SYNTAXES = [*DEFAULT_TRANSFER_SYNTAXES, JPEGLosslessSV1, JPEGLossless, JPEGBaseline8Bit,
+                     JPEGExtended12Bit, JPEG2000Lossless, JPEG2000, JPEGLSLossless, JPEGLSNearLossless,
+                     RLELossless]
 # PS3.4 Annex B status codes answered to the sender.
 SUCCESS, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES = 0x0000, 0xA900, 0xA700
 
@@ -47,7 +63,7 @@ class DicomNode:
         self.ae.require_called_aet = True
         self.ae.require_calling_aet = list(listen.accept_calling or [])
         for sop_class in CHEST_XRAY_SOP_CLASSES:
-            self.ae.add_supported_context(sop_class, DEFAULT_TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification)
         self._server: ThreadedAssociationServer | None = None
 

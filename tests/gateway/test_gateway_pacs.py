@@ -31,6 +31,8 @@ from pydicom.uid import (
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
+    JPEG2000Lossless,
+    RLELossless,
     generate_uid,
 )
 from pynetdicom import AE
@@ -147,7 +149,11 @@ def storescu(ds: Dataset, port: int, folder: Path, calling: str = "STORESCU") ->
 def c_store(ds: Dataset, port: int, calling: str = "TESTSCU") -> Any:
     """Send with pynetdicom; the association (refused or not) and the C-STORE status (``None`` when none)."""
     ae = AE(ae_title=calling)
-    ae.add_requested_context(ds.SOPClassUID)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_compressed:  # offered as stored: a compressed instance is not transcoded
+        ae.add_requested_context(ds.SOPClassUID, syntax)
+    else:
+        ae.add_requested_context(ds.SOPClassUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=GATEWAY_AET)
     status = None
     if assoc.is_established:
@@ -264,6 +270,29 @@ def test_monochrome1_dx_results_by_stow_rs(gateway, pacs, image, tmp_path, caplo
     assert status.Status == 0x0000
     assert_results(pacs, source, tmp_path)
     assert_no_patient_data(caplog.text, gw.store.root)
+
+
+def test_compressed_chest_xrays_are_explained(gateway, pacs, image, tmp_path) -> None:
+    """RLE and JPEG 2000 lossless, as PACS archives keep them: accepted, decoded by the service, overlaid here."""
+    gw = gateway(outputs=["sr", "secondary_capture"], service={"methods": ["cam"]})
+    sources = []
+    for syntax in (RLELossless, JPEG2000Lossless):
+        source = chest_xray(image, "CR")
+        source.compress(syntax)
+        assoc, status = c_store(source, gw.node.port)
+        assert assoc.accepted_contexts[0].transfer_syntax[0] == syntax and status.Status == 0x0000
+        sources.append(source)
+    for source in sources:
+        found = results_in(pacs, source)
+        assert len(found[SC_CLASS]) == 1 and PM_CLASS not in found  # one method, one target; no parametric map
+        for tags in found[SC_CLASS]:
+            assert source.SOPInstanceUID in referenced_uids(tags)
+            path = tmp_path / f"{tags['SOPInstanceUID']}.dcm"
+            path.write_bytes(pacs.file(tags["_orthanc_id"]))
+            assert not dciodvfy_report(path)[0]
+            # the overlay is the source's picture: its grey levels follow the phantom's (dark lungs, bright heart)
+            overlay = pydicom.dcmread(path).pixel_array.astype(float).mean(axis=-1)
+            assert np.corrcoef(overlay.ravel(), image.astype(float).ravel())[0, 1] > 0.5
 
 
 @pytest.mark.parametrize("modality", ["CT", "MG"])
