@@ -13,6 +13,7 @@ import torch.nn as nn
 from .errors import UnknownLabel
 from .graph import TracedModel
 from .spec import TORCHVISION, InputSpec
+from .xrv_densenet import op_norm
 
 
 @dataclass
@@ -22,6 +23,13 @@ class ClassifierBundle:
     ``op_thresholds`` are the per-label operating points (probability above which a finding is called
     positive; 0.5 when the weights do not ship any). ``cam_layer`` names the fx node CAM and Grad-CAM read;
     ``None`` means "the map pooled by the global-average-pool head", found by tracing.
+
+    ``op_norm``: the model's published output is torchxrayvision's ``op_norm(σ(logit), op_thresholds)`` (each
+    operating point moved to 0.5; :func:`~cxrexplain.xrv_densenet.op_norm`), not σ(logit). True for
+    torchxrayvision weights (``xrv-densenet121``, or a file with an ``op_threshs`` buffer); False for every
+    other model, whose operating points (e.g. the demo's Youden-J points) only mark positives. Latent Shift
+    works in :meth:`outputs`' units ([Cohen2021]'s f); findings report σ(logit) against ``op_thresholds`` for
+    every model (the same positives: ``op_norm`` is increasing and maps t to 0.5).
     """
 
     module: nn.Module
@@ -33,6 +41,7 @@ class ClassifierBundle:
     version: str = "0"
     sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    op_norm: bool = False
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -40,6 +49,18 @@ class ClassifierBundle:
             self.op_thresholds = [0.5] * len(self.labels)
         if len(self.op_thresholds) != len(self.labels):
             raise ValueError(f"{len(self.op_thresholds)} operating points for {len(self.labels)} labels")
+
+    def outputs(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's published output from its logits, differentiably: σ(logit), or with ``op_norm``
+        torchxrayvision's ``op_norm(σ(logit), t)``.
+
+        ``labels``: None for (N, L) logits; else an (N,) index of the label each entry of (N,) ``logits`` is.
+        """
+        p = torch.sigmoid(logits)
+        if not self.op_norm:
+            return p
+        t = torch.tensor(self.op_thresholds or [0.5] * len(self.labels), device=logits.device)
+        return op_norm(p, t if labels is None else t[labels])
 
     @cached_property
     def traced(self) -> TracedModel:

@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from latent_nets import PoolAE
 
 from cxrexplain import AutoencoderBundle, ClassifierBundle, Explainer, ExplanationResult, LatentShiftResult
 from cxrexplain.autoencoder import build_autoencoder
@@ -35,19 +36,6 @@ from cxrexplain.spec import TORCHVISION, InputSpec, unit_spec
 SIZE = 32
 BOX = (8, 24)  # rows and columns 8..23: 16 of the 64 pooled cells
 CELLS = 16
-
-
-class PoolAE(nn.Module):
-    """Linear autoencoder: E = 4x4 average pooling, D = nearest-neighbour upsampling."""
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, 4)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(z, scale_factor=4, mode="nearest")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
 
 class BoxScore(nn.Module):

@@ -1,10 +1,11 @@
 """Latent Shift ([Cohen2021]): counterfactual frames from an autoencoder, and a 2-D map of what changed.
 
 For each row: z = E(x); the direction is ∂f(D(z))/∂z ([Cohen2021] eq. 1, f the target's logit by default or its
-probability as in the paper); the λ range is searched ([Cohen2021] §4.2, :mod:`cxrexplain.lambda_search`); K frames
-x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between the bounds; the map reduces them
-(App. B). Classifier and autoencoder may live in different input spaces: images cross through unit space
-(``InputSpec.to_unit`` / ``from_unit``, resized when the sizes differ), differentiably.
+probability as in the paper: the model's published output, :meth:`ClassifierBundle.outputs`, which for
+torchxrayvision weights is ``op_norm(σ(logit), t)``); the λ range is searched ([Cohen2021] §4.2,
+:mod:`cxrexplain.lambda_search`); K frames x'_λ = D(z + λ ∂f/∂z) (eq. 2) are rendered at λ evenly spaced between
+the bounds; the map reduces them (App. B). Classifier and autoencoder may live in different input spaces: images
+cross through unit space (``InputSpec.to_unit`` / ``from_unit``, resized when the sizes differ), differentiably.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..lambda_search import (
     run_searches,
     walk,
 )
+from ..xrv_densenet import op_norm_slope
 from .base import ForwardContext, Method, MethodOutput, register
 
 DIRECTIONS = ("logit", "sigmoid")
@@ -55,9 +57,10 @@ class LatentShiftResult:
     lambdas
         (N, K) the λ of each frame, from the lower to the upper bound of the search ([Cohen2021] §4.2).
     frame_probabilities
-        (N, K) the classifier's probability of the row's target on each frame.
+        (N, K) the classifier's probability of the row's target on each frame, in ``probability`` units.
     reconstruction_gap
-        (N,) f(x) - f(D(E(x))) ([Cohen2021] App. K): a large gap means the counterfactual cannot be trusted.
+        (N,) f(x) - f(D(E(x))) ([Cohen2021] App. K), in ``probability`` units: a large gap means the
+        counterfactual cannot be trusted.
     reconstruction
         (N, H, W) D(E(x)) in unit space, the λ = 0 image the maps compare against.
     upper_bound_reached, lower_bound_reached
@@ -67,6 +70,10 @@ class LatentShiftResult:
         ``sigmoid``) that produced these frames.
     passes, search_passes
         Decode+classify evaluations (one per image): all of them, and those of the λ search alone.
+    probability
+        The units of the probabilities here, of the stop thresholds and of p0: ``sigmoid`` (σ(logit), what
+        findings report) or ``op_norm`` (torchxrayvision's ``op_norm(σ(logit), t)``, the model's published
+        output and [Cohen2021]'s f, for bundles with ``op_norm``: its operating point t is 0.5 here).
     """
 
     frames: torch.Tensor
@@ -80,6 +87,7 @@ class LatentShiftResult:
     direction: str
     passes: int
     search_passes: int
+    probability: str = "sigmoid"
 
     def cpu(self) -> LatentShiftResult:
         """The same result with every tensor detached and on the CPU (what :class:`ExplanationResult` holds)."""
@@ -105,12 +113,13 @@ def _resize(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class Shifter:
     """Eq. 1 and eq. 2 for one batch: latents, directions, and batched decode+classify at any (row, λ).
 
-    ``passes`` counts decode+classify evaluations (one per image).
+    ``passes`` counts decode+classify evaluations (one per image). Probabilities are the bundle's published
+    outputs (:meth:`ClassifierBundle.outputs`: σ(logit), or torchxrayvision's op_norm of it).
     """
 
     def __init__(self, bundle: ClassifierBundle, autoencoder: AutoencoderBundle, x: torch.Tensor,
                  targets: torch.Tensor, batch_size: int):
-        self.clf = bundle.module
+        self.bundle, self.clf = bundle, bundle.module
         self.encode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.encode
         self.decode: Callable[[torch.Tensor], torch.Tensor] = autoencoder.decode
         self.clf_spec, self.ae_spec = bundle.input_spec, autoencoder.input_spec
@@ -136,6 +145,10 @@ class Shifter:
     def _target_logit(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return self.clf(x).gather(1, self.targets[rows, None])[:, 0]
 
+    def probability(self, logit: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The target's published output from its logit, per row (differentiable)."""
+        return self.bundle.outputs(logit, self.targets[rows])
+
     def directions(self, direction: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """∂f(D(z))/∂z per row (eq. 1), with p0 = f(D(E(x))) as probability and the unit-space D(E(x))."""
         grads, p0, x0 = [], [], []
@@ -144,11 +157,12 @@ class Shifter:
                 z = self.z[rows].detach().requires_grad_(True)
                 x_clf, g = self.to_clf(self.decode(z))
                 logit = self._target_logit(x_clf, rows)
-                f = logit if direction == "logit" else torch.sigmoid(logit)
+                p = self.probability(logit, rows)
+                f = logit if direction == "logit" else p
                 # Rows are independent (eval mode), so the gradient of the sum is each row's own gradient.
                 (grad,) = torch.autograd.grad(f.sum(), z)
             grads.append(grad)
-            p0.append(torch.sigmoid(logit.detach()))
+            p0.append(p.detach())
             x0.append(g.detach()[:, 0])
             self.passes += len(rows)
         return torch.cat(grads), torch.cat(p0), torch.cat(x0)
@@ -163,11 +177,20 @@ class Shifter:
         for r, lam in zip(index.split(self.batch_size), shift.split(self.batch_size), strict=True):
             z = self.z[r] + lam.view(-1, *[1] * (self.z.ndim - 1)) * grad[r]  # eq. 1
             x_clf, g = self.to_clf(self.decode(z))  # eq. 2
-            probs.append(torch.sigmoid(self._target_logit(x_clf, r)))
+            probs.append(self.probability(self._target_logit(x_clf, r), r))
             if keep_images:
                 images.append(g[:, 0])
             self.passes += len(r)
         return torch.cat(probs), (torch.cat(images) if keep_images else None)
+
+
+def logit_slopes(bundle: ClassifierBundle, targets: torch.Tensor, p0: Sequence[float]) -> list[float]:
+    """df/dl at D(E(x)) per row, from p0 = f(D(E(x))): p0 (1 - p0) for σ; for torchxrayvision's op_norm the
+    sigmoid's slope divided by 2t or 2(1 - t) (:func:`~cxrexplain.xrv_densenet.op_norm_slope`)."""
+    if not bundle.op_norm:
+        return [p * (1 - p) for p in p0]
+    ops = bundle.op_thresholds or [0.5] * len(bundle.labels)
+    return [op_norm_slope(p, ops[int(t)]) for p, t in zip(p0, targets.tolist(), strict=True)]
 
 
 def frame_lambdas(lower: float, upper: float, frames: int) -> torch.Tensor:
@@ -217,6 +240,14 @@ class LatentShift(Method):
     paper's sigmoid direction ∂σ(f)/∂z and walk its λ grid (0, -10, -20 ... and the reference code's fine start),
     whatever ``direction`` says: along the logit direction the same λ grid would land on different images
     (∂σ(f)/∂z = p0 (1 - p0) ∂f/∂z). The result's ``direction`` says ``sigmoid`` for them.
+
+    torchxrayvision weights (``bundle.op_norm``): [Cohen2021]'s f is torchxrayvision's output
+    ``op_norm(σ(logit), t)`` (§4.2, App. C, App. K), so there the ``sigmoid`` direction is ∂op_norm(σ(l), t)/∂z,
+    and p0, ``fall`` / ``rise`` and the published walks' thresholds, the frame probabilities and the
+    reconstruction gap are op_norm'd values (the result's ``probability`` says ``op_norm``): torchxrayvision's
+    ``model(x)`` on the same images. ``direction=logit`` shifts along ∂l/∂z as for any model (op_norm does not
+    change the logit), its ``step`` converted by op_norm's slope so both directions still visit the same images.
+    Findings keep σ(logit) against t for every model (the same positives).
     """
 
     name = "latent_shift"
@@ -255,7 +286,8 @@ class LatentShift(Method):
     def cost_of(cls, options: Mapping[str, Any]) -> int:
         o = {key: options.get(key, getattr(cls, key)) for key in ("frames", "max_lambda", "step", "direction",
                                                                    "search")}
-        # logit steps are the sigmoid's times p0 (1 - p0) <= 0.25 (see _searches)
+        # logit steps are the sigmoid's times df/dl: p0 (1 - p0) <= 0.25 (see _searches); op_norm's df/dl can reach
+        # 0.5, so fewer steps: the bound stays an upper bound
         logit = o["direction"] == "logit" and o["search"] not in PUBLISHED
         kmax = grid_steps(o["max_lambda"], o["step"] * (0.25 if logit else 1.0))
         search = {"fast": 2 * fast_evaluations_bound(kmax), "exhaustive": 2 * kmax,
@@ -275,16 +307,17 @@ class LatentShift(Method):
             return p0 - self.fall, p0 + self.rise
         return p0 * (1 - self.fall), p0 * (1 + self.rise)
 
-    def _searches(self, p0: list[float]) -> list[tuple[int, Search]]:
+    def _searches(self, p0: list[float], slopes: list[float]) -> list[tuple[int, Search]]:
         searches: list[tuple[int, Search]] = []
-        for row, p in enumerate(p0):
+        for row, (p, slope) in enumerate(zip(p0, slopes, strict=True)):
             if self.search in ("fast", "exhaustive"):
                 run = fast if self.search == "fast" else walk
-                # ∂σ(l)/∂z = p0 (1 - p0) ∂l/∂z: both directions are the same line, with λ scaled by p0 (1 - p0).
-                # ``step`` is in the paper's (sigmoid) units, so both walks visit the same images; the cap stays
-                # in the direction's own units, which is how the logit direction reaches further on confident
-                # models (the sigmoid gradient vanishes there).
-                step = self.step * (max(p * (1 - p), MIN_SCALE) if self.direction == "logit" else 1.0)
+                # ∂σ(l)/∂z = p0 (1 - p0) ∂l/∂z: both directions are the same line, with λ scaled by p0 (1 - p0)
+                # (``slope``: df/dl at D(E(x)), which op_norm scales by 1/(2t) or 1/(2(1 - t))). ``step`` is in
+                # the paper's (probability) units, so both walks visit the same images; the cap stays in the
+                # direction's own units, which is how the logit direction reaches further on confident models
+                # (the sigmoid gradient vanishes there).
+                step = self.step * (max(slope, MIN_SCALE) if self.direction == "logit" else 1.0)
                 low, high = self.thresholds(p)
                 searches.append((row, run(StopRule(-1, p, low, step, self.max_lambda))))
                 searches.append((row, run(StopRule(+1, p, high, step, self.max_lambda))))
@@ -314,7 +347,8 @@ class LatentShift(Method):
                                                                           strict=True)})
             return probs
 
-        bounds = run_searches(self._searches(p0_list), p0_list, probabilities)
+        bounds = run_searches(self._searches(p0_list, logit_slopes(ctx.bundle, ctx.targets, p0_list)), p0_list,
+                              probabilities)
         if self.search in ("fast", "exhaustive"):
             lower, upper = bounds[0::2], bounds[1::2]
         else:
@@ -329,7 +363,8 @@ class LatentShift(Method):
         frames = torch.stack([seen[key][1] for key in wanted]).clamp(0, 1).view(n, self.frames, *shifter.size)
         lambdas = lambdas.float()
         x0 = x0.clamp(0, 1)
-        target_p = ctx.probabilities.gather(1, ctx.targets[:, None])[:, 0]
+        # f(x) in the units of p0: σ(logit), or op_norm(σ(logit), t) ([Cohen2021] App. K with its f).
+        target_p = ctx.bundle.outputs(ctx.logits.detach().gather(1, ctx.targets[:, None])[:, 0], ctx.targets)
         return LatentShiftOutput(
             heatmap=latent_map(frames, x0, self.map).float(),
             shift=LatentShiftResult(
@@ -344,5 +379,6 @@ class LatentShift(Method):
                 direction=self.shift_direction,
                 passes=shifter.passes,
                 search_passes=search_passes,
+                probability="op_norm" if ctx.bundle.op_norm else "sigmoid",
             ),
         )

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..bundle import AutoencoderBundle, ClassifierBundle, require_encode_decode
 from ..errors import WeightsError
 from ..spec import TORCHVISION, InputSpec
-from ..xrv_densenet import XRV_OP_THRESHS_KEY, clean_thresholds
+from ..xrv_densenet import XRV_ARCHITECTURE, XRV_OP_THRESHS_KEY, clean_thresholds
 from .architectures import Architecture, architecture, find_head
 from .checkpoint_keys import expected_keys, fit_keys, head_outputs, load_into, stem_channels
 from .weight_files import SIDECAR_FORMAT, file_sha256, read_weights, write_sidecar
@@ -49,6 +49,7 @@ def load_classifier(
     version: str | None = None,
     *,
     allow_pickle: bool = False,
+    op_norm: bool | None = None,
 ) -> ClassifierBundle:
     """Build a classifier, load local weights into it and bundle it with its metadata.
 
@@ -73,6 +74,10 @@ def load_classifier(
         Where tensors are loaded (default CPU; the :class:`~cxrexplain.Explainer` moves the model).
     allow_pickle
         Unpickle files that hold Python objects. Unpickling runs code from the file: only for files you trust.
+    op_norm
+        Whether the model's published output is torchxrayvision's ``op_norm(σ(logit), op_thresholds)``
+        (:attr:`ClassifierBundle.op_norm`). Default: the sidecar's ``op_norm``, else True for torchxrayvision
+        weights (architecture ``xrv-densenet121``, or a file with an ``op_threshs`` buffer), else False.
 
     Returns
     -------
@@ -147,6 +152,10 @@ def load_classifier(
         op_thresholds = meta.get("op_thresholds") or file_thresholds
         if op_thresholds is None and arch is not None and arch.op_thresholds and arch.labels == tuple(labels):
             op_thresholds = list(arch.op_thresholds)
+    if op_norm is None:
+        op_norm = meta.get("op_norm")
+    if op_norm is None:  # torchxrayvision's operating points: its forward answers op_norm(σ(logit), t)
+        op_norm = file_thresholds is not None or name == XRV_ARCHITECTURE
     return ClassifierBundle(
         module=module.eval(),
         labels=[str(label) for label in labels],
@@ -157,6 +166,7 @@ def load_classifier(
         version=str(version or meta.get("version") or (wf.sha256[:12] if wf.sha256 else "0")),
         sha256=wf.sha256,
         extra={"weights": str(wf.path)} if wf.path else {},
+        op_norm=bool(op_norm),
     )
 
 def save_classifier(bundle: ClassifierBundle, path: str | Path) -> Path:
@@ -184,6 +194,7 @@ def save_classifier(bundle: ClassifierBundle, path: str | Path) -> Path:
         "input_spec": bundle.input_spec.to_dict(),
         "op_thresholds": list(bundle.op_thresholds or []),
         "cam_layer": bundle.cam_layer,
+        "op_norm": bundle.op_norm,
         "sha256": file_sha256(path),
     }
     if bundle.version != "0":
