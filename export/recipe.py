@@ -20,7 +20,8 @@ models:
     warm_up: true                 # answer one request of each kind at worker start (first request at warm speed)
     semantic:                     # optional: dissect a layer at export time; the archive then serves `semantic`
       layer: features.denseblock3 #   module path in model.named_modules()
-      concepts: phantom           #   the annotated data: the phantom set's anatomy and finding masks
+      concepts: phantom           #   the annotated data: the phantom set's anatomy and finding masks, or
+                                  #   {images: DIR, masks: DIR, boxes: CSV} as cxrexplain-eval reads them
       n: 200                      #   images dissected (default 200); seed: which phantoms (default 0)
   - name: cxr-ae
     kind: autoencoder
@@ -81,13 +82,17 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "torch_threads": (int,), "onnx": (bool,), "stream": (bool,), "warm_up": (bool,),
     "caps": (dict,), "semantic": (dict,),
 }
-SEMANTIC_FIELDS: dict[str, type] = {"layer": str, "concepts": str, "n": int, "seed": int}
+SEMANTIC_FIELDS: dict[str, tuple[type, ...]] = {"layer": (str,), "concepts": (str, dict), "n": (int,),
+                                                 "seed": (int,)}
 CONCEPT_SETS = ("phantom",)
+# Users' annotated data, as cxrexplain-eval reads it: images, and masks (DIR/<concept>/<image>.png) or boxes.
+CONCEPT_FOLDER_KEYS = ("images", "masks", "boxes")
 DEFAULT_DISSECTION_N = 200
 
 
-def _check_semantic(where: str, raw: dict[str, Any]) -> None:
-    """A ``semantic`` field (see :mod:`export.dissection_table`): its keys, their types and the concept set."""
+def _check_semantic(where: str, raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A ``semantic`` field (see :mod:`export.dissection_table`): its keys, their types and the concepts, with
+    a folder's paths resolved against the recipe's folder."""
     unknown = set(raw) - set(SEMANTIC_FIELDS)
     if unknown:
         raise RecipeError(f"{where}: semantic has unknown key(s) {', '.join(sorted(unknown))}; "
@@ -97,13 +102,28 @@ def _check_semantic(where: str, raw: dict[str, Any]) -> None:
             raise RecipeError(f"{where}: semantic needs '{key}' (see export/dissection_table.py)")
     for key, value in raw.items():
         if not isinstance(value, SEMANTIC_FIELDS[key]) or isinstance(value, bool):
-            raise RecipeError(f"{where}: semantic.{key} must be {SEMANTIC_FIELDS[key].__name__}, got "
-                              f"{type(value).__name__} ({value!r})")
-    if raw["concepts"] not in CONCEPT_SETS:
-        raise RecipeError(f"{where}: semantic.concepts must be one of {', '.join(CONCEPT_SETS)}, got "
-                          f"{raw['concepts']!r}; dissect your own annotated data with `cxrexplain-eval dissect`")
+            names = " or ".join("mapping" if t is dict else t.__name__ for t in SEMANTIC_FIELDS[key])
+            raise RecipeError(f"{where}: semantic.{key} must be {names}, got {type(value).__name__} ({value!r})")
     if raw.get("n", DEFAULT_DISSECTION_N) < 1:
         raise RecipeError(f"{where}: semantic.n must be at least 1, got {raw['n']}")
+    concepts = raw["concepts"]
+    if isinstance(concepts, str):
+        if concepts not in CONCEPT_SETS:
+            raise RecipeError(f"{where}: semantic.concepts must be one of {', '.join(CONCEPT_SETS)} or a mapping "
+                              f"{{images: DIR, masks: DIR, boxes: CSV}}, got {concepts!r}")
+        return raw
+    unknown = set(concepts) - set(CONCEPT_FOLDER_KEYS)
+    if unknown or "images" not in concepts or not {"masks", "boxes"} & set(concepts):
+        raise RecipeError(f"{where}: semantic.concepts as a mapping takes images: DIR and masks: DIR "
+                          "(DIR/<concept>/<image file name>.png) and/or boxes: CSV (NIH or RSNA), got "
+                          f"{sorted(concepts)}")
+    resolved = {}
+    for key, value in concepts.items():
+        path = (base / str(value)).resolve()
+        if not path.exists():
+            raise RecipeError(f"{where}: semantic.concepts.{key}: {path} does not exist")
+        resolved[key] = path
+    return {**raw, "concepts": resolved}
 
 
 def _entry(raw: Any, index: int, base: Path) -> ModelEntry:
@@ -127,11 +147,11 @@ def _entry(raw: Any, index: int, base: Path) -> ModelEntry:
             raise RecipeError(f"{where}: field '{key}' must be {names}, got {type(value).__name__} ({value!r})")
     if raw["kind"] not in KINDS:
         raise RecipeError(f"{where}: kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+    values = dict(raw)
     if raw.get("semantic") is not None:
         if raw["kind"] != "classifier":
             raise RecipeError(f"{where}: semantic applies to classifiers only")
-        _check_semantic(where, raw["semantic"])
-    values = dict(raw)
+        values["semantic"] = _check_semantic(where, raw["semantic"], base)
     values["weights"] = (base / raw["weights"]).resolve()
     if values.get("version") is not None:
         values["version"] = str(values["version"])

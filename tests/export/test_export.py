@@ -47,6 +47,9 @@ def entry(**overrides) -> dict:
     ({"semantic": {"layer": "features", "concepts": "imagenet"}}, "semantic.concepts must be one of phantom"),
     ({"semantic": {"layer": "features", "concepts": "phantom", "n": "many"}}, "semantic.n must be int"),
     ({"semantic": {"layer": "features", "concepts": "phantom", "units": 3}}, "semantic has unknown key(s) units"),
+    ({"semantic": {"layer": "features", "concepts": {"images": "w"}}}, "takes images: DIR and masks: DIR"),
+    ({"semantic": {"layer": "features", "concepts": {"images": ".", "masks": "nowhere"}}},
+     "semantic.concepts.masks: .*nowhere does not exist"),
     ({"kind": "autoencoder", "semantic": {"layer": "x", "concepts": "phantom"}}, "semantic applies to classifiers"),
 ])
 def test_recipe_errors_name_the_entry_and_field(tmp_path, bad, message):

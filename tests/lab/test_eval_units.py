@@ -1,17 +1,22 @@
 """``cxrexplain-eval dissect`` and ``concepts`` on users' formats: phantoms written as wide PNGs (padded left and
 right, so only the resize policy's centre crop gives the phantom back) with ``DIR/<concept>/<image>.png`` masks at
 the wide size agree with ``--phantom`` on the same images; ``report`` runs every subcommand and counts a broken
-image once. The procedures themselves are checked by hand in test_dissection.py and test_concepts.py.
+image once; the exporter's recipe names the same folder for the served ``semantic`` method and writes the same
+dissection. The procedures themselves are checked by hand in test_dissection.py and test_concepts.py.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from eval_data import LABELS
 from PIL import Image
 from served import png_bytes
@@ -19,6 +24,7 @@ from served import png_bytes
 from cxrexplain.models import save_classifier
 from cxrexplain_lab.evaluation import cli
 from cxrexplain_lab.evaluation.data import load_phantoms
+from export import cli as export_cli
 
 N = 8
 PAD = 16
@@ -105,3 +111,28 @@ def test_report_runs_every_subcommand_and_counts_a_broken_image_once(tmp_path, w
     assert " missing image, 1 unreadable image." in summary and summary.count("- unreadable image: ") == 1
     for name in ("localization.csv", "randomization.csv", "dissection.csv", "concepts.csv"):
         assert (out / name).stat().st_size > 0
+
+
+def test_the_exporter_dissects_a_users_folder_as_cxrexplain_eval_does(tmp_path, weights, folder):
+    images, masks = folder
+    assert cli.main(["dissect", "--weights", str(weights), "--layer", "features.denseblock2", "--images", str(images),
+                     "--masks", str(masks), "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    rows = read_rows(tmp_path / "eval" / "dissection.csv")
+    recipe = tmp_path / "recipe" / "recipe.yaml"  # paths relative to the recipe, as a user writes them
+    recipe.parent.mkdir()
+    rel = {k: os.path.relpath(v, recipe.parent) for k, v in (("weights", weights), ("images", images),
+                                                              ("masks", masks))}
+    recipe.write_text(yaml.safe_dump({"models": [{
+        "name": "m", "kind": "classifier", "architecture": "densenet_small", "weights": rel["weights"],
+        "onnx": False, "warm_up": False,
+        "semantic": {"layer": "features.denseblock2", "concepts": {"images": rel["images"], "masks": rel["masks"]}},
+    }]}))
+    assert export_cli.main([str(recipe), "--store", str(tmp_path / "store")]) == 0
+    with zipfile.ZipFile(tmp_path / "store" / "m.mar") as mar:
+        table = json.loads(mar.read("dissection.json"))
+    assert table["layer"] == "features.denseblock2" and f"{N} images" in table["data"]
+    for unit in table["units"]:  # each unit's label: its best concept in cxrexplain-eval's table
+        mine = [r for r in rows if int(r["unit"]) == unit["unit"]]
+        best = max(float(r["iou"]) for r in mine)
+        assert unit["iou"] == pytest.approx(best, abs=1e-6)
+        assert float(next(r["iou"] for r in mine if r["concept"] == unit["concept"])) == pytest.approx(best, abs=1e-6)

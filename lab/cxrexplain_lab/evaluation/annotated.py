@@ -7,25 +7,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrexplain_lab.units import AnnotatedImage
+from cxrexplain import ClassifierBundle
+from cxrexplain_lab.units import AnnotatedImage, Progress
 
-from .command import Session
-from .data import mask_to_model_space
+from .data import EvalSet, mask_to_model_space
 from .localize import regions
-from .model import LocalModel, Unreadable
+from .model import Unreadable, prepare
 
 
-def annotated_images(session: Session, model: LocalModel, boxes_only: bool = False) -> list[AnnotatedImage]:
+def annotated_images(data: EvalSet, bundle: ClassifierBundle, boxes_only: bool = False,
+                     progress: Progress | None = None) -> list[AnnotatedImage]:
     """Every readable image with its concepts: each finding's lesion (its mask, else the union of its boxes) and
     every other mask (anatomy: ``--masks DIR/<concept>/``, or the phantoms' lungs and heart). ``boxes_only``: the
     findings' boxes alone, the regions [Khakzar2022]'s concept counts count in (a finding annotated by a mask
     only: the mask's bounding box). Unreadable images and findings
-    outside the model's crop are recorded in the session's problems and left out."""
-    data = session.data
+    outside the model's crop are recorded in ``data.problems`` and left out."""
     out = []
-    for item in session.progress(data.images, "read", total=len(data.images)):
+    for item in progress(data.images) if progress else data.images:
         try:
-            x, geometry = model.prepare(item)
+            x, geometry = prepare(bundle, item)
         except Unreadable as exc:
             data.problems.add("unreadable image", str(exc))
             continue

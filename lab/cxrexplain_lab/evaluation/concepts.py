@@ -20,7 +20,8 @@ def run(session: Session) -> Section:
     model = require_local(session.model, "concepts")
     args = session.args
     layer = model.unit_layer()
-    data = annotated_images(session, model, boxes_only=True)
+    data = annotated_images(session.data, model.bundle, boxes_only=True,
+                            progress=lambda items: session.progress(items, "read", total=len(session.data.images)))
     counts = concept_counts(model.bundle.module.eval(), layer, data, q=args.concept_q,
                             progress=lambda batches: session.progress(batches, "concepts"))
     if not counts.images:

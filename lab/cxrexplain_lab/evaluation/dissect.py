@@ -30,7 +30,8 @@ def run(session: Session) -> Section:
     model = require_local(session.model, "dissect")
     args = session.args
     layer = model.unit_layer()
-    data = annotated_images(session, model)
+    data = annotated_images(session.data, model.bundle,
+                            progress=lambda items: session.progress(items, "read", total=len(session.data.images)))
     result = dissect(model.bundle.module.eval(), layer, data, quantile=args.quantile, detector_iou=args.detector_iou,
                      progress=lambda batches: session.progress(batches, "dissect"))
     rows = [(r["layer"], r["unit"], r["concept"], f"{r['iou']:.6f}", int(bool(r["detector"]))) for r in result.rows()]

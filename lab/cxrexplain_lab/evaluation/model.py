@@ -35,6 +35,19 @@ class NeedsInsides(Exception):
     """A subcommand needs the model's parameters and activations, which a server does not expose."""
 
 
+def prepare(bundle: ClassifierBundle, item: EvalImage) -> tuple[torch.Tensor, Geometry]:
+    """Model input (1, C, S, S) of an image and its geometry, as the server would preprocess it."""
+    spec = bundle.input_spec
+    if item.pixels is not None:
+        return to_model_input(item.pixels, spec)
+    try:
+        decoded = decode_image(item.read_bytes(), target_size=spec.size)
+    except (CxrExplainError, OSError) as exc:
+        raise Unreadable(f"{item.name}: {exc}") from exc
+    return to_model_input(decoded.pixels, spec, original_size=(decoded.height, decoded.width),
+                          reduction=decoded.reduction)
+
+
 @dataclass
 class LocalModel:
     """A bundle explained in this process; the subcommands that need the model's insides use ``explainer``."""
@@ -79,16 +92,7 @@ class LocalModel:
         return {"gradcam": {"layer": self.layer_node()}, "integrated_gradients": {"steps": 32}}
 
     def prepare(self, item: EvalImage) -> tuple[torch.Tensor, Geometry]:
-        """Model input (1, C, S, S) of an image and its geometry, as the server would preprocess it."""
-        spec = self.bundle.input_spec
-        if item.pixels is not None:
-            return to_model_input(item.pixels, spec)
-        try:
-            decoded = decode_image(item.read_bytes(), target_size=spec.size)
-        except (CxrExplainError, OSError) as exc:
-            raise Unreadable(f"{item.name}: {exc}") from exc
-        return to_model_input(decoded.pixels, spec, original_size=(decoded.height, decoded.width),
-                              reduction=decoded.reduction)
+        return prepare(self.bundle, item)
 
     def maps(self, item: EvalImage, findings: Sequence[str], methods: Sequence[str]) -> tuple[GeometryLike, Maps]:
         x, geometry = self.prepare(item)
