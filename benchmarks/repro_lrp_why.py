@@ -97,8 +97,40 @@ def main(argv: list[str] | None = None) -> int:
         w.writerow(["variant", "metric", "T", "mean", "n"])
         for (variant, metric, t), v in sorted(out.items(), key=lambda kv: tuple(map(str, kv[0]))):
             w.writerow([variant, metric, t, f"{np.mean(v):.4f}", len(v)])
-    print(f"wrote {args.out / 'why.csv'}")
+    plot(args.out / "why.csv", args.out / "why.png")
+    print(f"wrote {args.out / 'why.csv'}, {args.out / 'why.png'}")
     return 0
+
+
+def plot(csv_path: Path, png: Path) -> None:
+    """IoU against T (positive normalization) beside the share of the image kept at T, from ``why.csv``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    box = next(float(r["mean"]) for r in rows if r["metric"] == "box_area")
+    ts = metrics.IOU_THRESHOLDS
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for variant, metric, style in [("cam", "iou_positive", "-"), ("saliency", "iou_positive", "-"),
+                                   ("lrp_a1b0_pass", "iou_positive", "-"), ("lrp_a1b0_zennit", "iou_positive", ":"),
+                                   ("lrp_a2b1_pass", "iou_positive", ":"), ("rap_pass", "iou_positive", "-"),
+                                   ("lrp_a1b0_pass", "iou_positive_blurred", "--"),
+                                   ("rap_pass", "iou_positive_blurred", "--"), ("random", "iou_positive", "-")]:
+        get = {float(r["T"]): float(r["mean"]) for r in rows if r["variant"] == variant and r["metric"] == metric}
+        a.plot(ts, [get[t] for t in ts], style, marker="o", label=f"{variant}{' blurred' if 'blur' in metric else ''}")
+        if metric == "iou_positive" and style == "-":
+            area = {float(r["T"]): float(r["mean"]) for r in rows
+                    if r["variant"] == variant and r["metric"] == "area_positive"}
+            b.semilogy(ts, [area[t] for t in ts], marker="o", label=variant)
+    b.axhline(box, color="k", ls="--", label="mean box area")
+    a.set(xlabel="T", ylabel="mean IoU with the box", title="IoU at T (positive normalization)")
+    b.set(xlabel="T", ylabel="share of the image >= T", title="how much of the map survives T")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

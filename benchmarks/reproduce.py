@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import repro_lrp_why as why
+
 LOSSES = ("bce", "wbce", "focal", "cb_focal")
 DEMO = Path(".cache/demo-weights/cxr_densenet.pt")  # the 96 px demo classifier (make demo-weights)
 TRAIN = ["--size", "64", "--n-train", "800", "--epochs", "4", "--skip-autoencoder", "--cache", ".cache/repro-cache"]
@@ -46,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     w, n = args.work, str(args.phantom)
     evaluate("randomize", DEMO, w / "out/rand96", "--phantom", "40", "--randomize-n", "10", "--methods",
              "cam,gradcam,saliency,guided_backprop,lrp,rap")
-    if not (w / "out/why96/why.csv").exists():
-        sh(sys.executable, "-m", "benchmarks.repro_lrp_why", "--weights", DEMO, "--phantom", "40",
-           "--out", w / "out/why96")
     rows = []
     for loss in LOSSES:
         model = w / "models" / loss / "cxr_densenet.pt"
@@ -59,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         evaluate("dissect", model, w / f"out/{loss}_dissect", "--phantom", n, "--layer", UNIT_LAYER)
         rows.append(summarize(loss, w / "out"))
     write_losses(rows, args.out)
+    for tag, weights in [("why96", DEMO), ("why64", w / "models/bce/cxr_densenet.pt")]:
+        if not (w / f"out/{tag}/why.csv").exists():
+            sh(sys.executable, "-m", "benchmarks.repro_lrp_why", "--weights", weights, "--phantom", "40",
+               "--out", w / f"out/{tag}")
+        why.plot(w / f"out/{tag}/why.csv", args.out / f"{tag}.png")
+        shutil.copyfile(w / f"out/{tag}/why.csv", args.out / f"{tag}.csv")
     for src, dst in [("rand96/randomization.csv", "randomization_demo96.csv"),
-                     ("rand96/randomization.png", "randomization_demo96.png"), ("why96/why.csv", "why_demo96.csv"),
+                     ("rand96/randomization.png", "randomization_demo96.png"),
                      *[(f"{lo}_{k}/{f}", f"{lo}_{f}") for lo in LOSSES for k, f in
                        [("loc", "localization.csv"), ("loc", "localization_iou.png"), ("concepts", "concepts.csv"),
                         ("dissect", "dissection.csv"), ("dissect", "dissection_detectors.png")]]]:
