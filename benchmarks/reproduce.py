@@ -6,7 +6,7 @@ Trains one 64 px demo classifier per loss of [Khakzar2022] (same seed and schedu
 .cache/repro-cache), then runs ``cxrexplain-eval`` on held-out phantoms: ``localize`` (IoU at T, IoBB, IoR),
 ``concepts`` and ``dissect`` per loss; ``randomize`` and ``benchmarks.repro_lrp_why`` on the 96 px demo model.
 Copies the CSVs and plots to ``--out`` and writes ``losses.csv`` / ``losses.png`` (IoBB and counts per loss).
-41 min wall on a shared 2-core CPU (training 8 models of 70-590 s each is most of it).
+41 min wall on a shared 2-core CPU (9 trainings of 70-590 s each is most of it).
 """
 
 from __future__ import annotations
