@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=None, help="training phantoms (default: DemoConfig's)")
     p.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: DemoConfig's)")
-    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: DemoConfig's)")
+    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: the preset's)")
+    p.add_argument("--ae-n-train", type=int, default=None, help="autoencoder training phantoms (default: the preset's)")
+    p.add_argument("--ae-loss", default=None, choices=["l1", "mse", "elastic"],
+                   help="autoencoder reconstruction loss (default: the preset's)")
+    p.add_argument("--ae-consistency", type=float, default=None,
+                   help="weight of the classifier-consistency term (default: the preset's; 0 turns it off)")
     p.add_argument("--loss", default=None, choices=["bce", "wbce", "focal", "cb_focal"],
                    help="classifier loss (default: the preset's, bce)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in dict(n_train=args.n_train, epochs=args.epochs, ae_epochs=args.ae_epochs,
+                                       ae_n_train=args.ae_n_train, ae_loss=args.ae_loss,
+                                       ae_consistency=args.ae_consistency,
                                        size=args.size, loss=args.loss).items() if v is not None}
     config = replace(DEMO if args.preset == "demo" else DemoConfig(), seed=args.seed, **overrides)
     args.out.mkdir(parents=True, exist_ok=True)
