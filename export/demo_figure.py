@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     tiles += [_tile(result.overlay(m, png), m) for m in METHODS]
     shift = result.latent_shift
     assert shift is not None
-    frames = [_tile(Image.fromarray((f * 255).astype(np.uint8)), f"lambda={lam:.0f} p={p:.2f}")
+    frames = [_tile(Image.fromarray((f * 255).astype(np.uint8)), f"lambda={lam:+.3g} p={p:.2f}")
               for f, lam, p in zip(shift.frames, shift.lambdas, shift.frame_probabilities, strict=True)]
-    frames = frames[:: max(1, len(frames) // 5)][:5]
+    # Five frames evenly over the whole λ range, both ends included (the first five would show one end only).
+    frames = [frames[int(i)] for i in np.unique(np.linspace(0, len(frames) - 1, 5).round())]
     width = TILE * max(len(tiles), len(frames))
     figure = Image.new("RGB", (width, 2 * (TILE + 22)), "white")
     for i, tile in enumerate(tiles):

@@ -1,11 +1,13 @@
 """Train the demo models on the phantom set and write weights + metadata sidecars for the exporter.
 
-    python -m cxrexplain_lab.train_demo --out .cache/demo-weights --size 128 [--seed 0]
+    python -m cxrexplain_lab.train_demo --out .cache/demo-weights [--size 96] [--seed 0] [--preset demo]
 
 writes ``cxr_densenet.pt`` / ``cxr_densenet.json`` (the classifier: labels, input spec, operating points chosen
 on a validation split by Youden's J, held-out AUROC per label, training config, seed) and ``cxr_ae.pt`` /
 ``cxr_ae.json`` (the autoencoder that backs latent shift: input spec, held-out reconstruction MAE). Training is
-``cxrexplain_lab.train.demo_classifier`` / ``demo_autoencoder``, the same code the test fixtures use.
+``cxrexplain_lab.train.demo_classifier`` / ``demo_autoencoder``, the same code the test fixtures use, with the
+served demo's settings (``cxrexplain_lab.train.DEMO``: a classifier with 12x12 last maps at 96 px, an autoencoder
+trained to keep its findings); ``--preset fixtures`` trains the tests' recipe instead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from cxrexplain_lab import metrics
 from cxrexplain_lab.phantom import FINDINGS, PhantomDataset
-from cxrexplain_lab.train import DemoConfig, demo_autoencoder, demo_classifier, predict
+from cxrexplain_lab.train import DEMO, DemoConfig, demo_autoencoder, demo_classifier, predict
 
 CLASSIFIER_NAME = "cxr_densenet"
 AUTOENCODER_NAME = "cxr_ae"
@@ -34,12 +36,21 @@ log = logging.getLogger("cxrexplain_lab.train_demo")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cxrexplain_lab.train_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder for <name>.pt and <name>.json")
-    p.add_argument("--size", type=int, default=128, help="input resolution in pixels (default 128)")
+    p.add_argument("--preset", choices=["demo", "fixtures"], default="demo",
+                   help="demo: the served demo's models (cxrexplain_lab.train.DEMO, default); fixtures: the test "
+                        "fixtures' recipe (DemoConfig())")
+    p.add_argument("--size", type=int, default=None, help="input resolution in pixels (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=None, help="training phantoms (default: DemoConfig's)")
     p.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: DemoConfig's)")
-    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: DemoConfig's)")
-    p.add_argument("--loss", default="bce", choices=["bce", "wbce", "focal", "cb_focal"])
+    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder epochs (default: the preset's)")
+    p.add_argument("--ae-n-train", type=int, default=None, help="autoencoder training phantoms (default: the preset's)")
+    p.add_argument("--ae-loss", default=None, choices=["l1", "mse", "elastic"],
+                   help="autoencoder reconstruction loss (default: the preset's)")
+    p.add_argument("--ae-consistency", type=float, default=None,
+                   help="weight of the classifier-consistency term (default: the preset's; 0 turns it off)")
+    p.add_argument("--loss", default=None, choices=["bce", "wbce", "focal", "cb_focal"],
+                   help="classifier loss (default: the preset's, bce)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--skip-autoencoder", action="store_true")
     p.add_argument("--cache", type=Path, default=None,
@@ -56,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
-    overrides = {k: v for k, v in dict(n_train=args.n_train, epochs=args.epochs, ae_epochs=args.ae_epochs).items()
-                 if v is not None}
-    config = replace(DemoConfig(), size=args.size, seed=args.seed, loss=args.loss, **overrides)
+    overrides = {k: v for k, v in dict(n_train=args.n_train, epochs=args.epochs, ae_epochs=args.ae_epochs,
+                                       ae_n_train=args.ae_n_train, ae_loss=args.ae_loss,
+                                       ae_consistency=args.ae_consistency,
+                                       size=args.size, loss=args.loss).items() if v is not None}
+    config = replace(DEMO if args.preset == "demo" else DemoConfig(), seed=args.seed, **overrides)
     args.out.mkdir(parents=True, exist_ok=True)
 
     log.info("training the demo classifier at %d px on %d phantoms (%d epochs)", config.size, config.n_train,

@@ -41,6 +41,7 @@ ARCHS = [
     ("vgg16_bn", "classifier.6", "features.0", 3),
     ("xrv-densenet121", "classifier", "features.conv0", 1),
     ("densenet_small", "classifier", "features.conv0", 3),
+    ("densenet_fine", "classifier", "features.conv0", 3),
 ]
 
 
@@ -89,7 +90,8 @@ def test_every_architecture_builds_with_l_outputs_and_its_channels(name, head, s
     assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1] is linear
 
 
-@pytest.mark.parametrize("name", ["t_densenet121", "resnet18", "xrv-densenet121", "densenet_small"])
+@pytest.mark.parametrize("name", ["t_densenet121", "resnet18", "xrv-densenet121", "densenet_small",
+                                  "densenet_fine"])
 def test_forward_gives_n_by_l_logits(name):
     torch.manual_seed(0)
     model = build_classifier(name, 4, in_channels=1)
@@ -108,6 +110,16 @@ def test_t_densenet_feature_maps_are_28x28_at_224():
     names = {n for n, _ in bundle.module.features.named_children()}
     assert {"denseblock1", "transition1", "denseblock2", "norm5"} <= names
     assert not {"transition2", "denseblock3", "transition3", "denseblock4"} & names
+
+
+@pytest.mark.parametrize("name,maps", [("densenet_small", 3), ("densenet_fine", 12)])
+def test_demo_cam_maps_at_96_px(name, maps):
+    # The served demo's densenet_fine is truncated as T-DenseNet is: stride 8, so CAM sees 12x12 where the
+    # fixtures' densenet_small sees 3x3 (stride 32).
+    bundle = ClassifierBundle(module=build_classifier(name, 5, in_channels=1), labels=list("abcde"),
+                              input_spec=unit_spec(1, 96))
+    _, kept = bundle.traced.run(torch.rand(1, 1, 96, 96), (bundle.cam_node,))
+    assert kept[bundle.cam_node].shape[-2:] == (maps, maps)
 
 
 @pytest.mark.parametrize("name", ["densenet121", "resnet50", "t_densenet121", "xrv-densenet121",

@@ -114,6 +114,29 @@ def test_autoencoder_training_runs_the_real_layout():
     assert len(report.epoch_losses) == 1 and np.isfinite(report.epoch_losses[0])
 
 
+def test_consistency_term_keeps_the_classifier_s_predictions_on_reconstructions():
+    # The same autoencoder, seed and data, trained with and without the classifier-consistency term: with it,
+    # the classifier's probabilities on D(E(x)) stay closer to those on x (what latent shift starts from).
+    data = materialize(PhantomDataset(32, size=32, seed=4))
+    spec = unit_spec(1, 32)
+    torch.manual_seed(1)
+    # Max-pooled, so small bright details that a blurry reconstruction loses move its outputs.
+    clf = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                        nn.Linear(8, len(FINDINGS)))
+    train_classifier(clf, spec, data, epochs=5, batch_size=8, lr=2e-2, progress=False, device="cpu")
+    gaps = []
+    for weight in (0.0, 10.0):
+        torch.manual_seed(0)
+        ae = _TinyAE()
+        report = train_autoencoder(ae, spec, data, epochs=3, batch_size=8, lr=1e-2, progress=False, device="cpu",
+                                   augment=False, classifier=(clf, spec), consistency=weight)
+        assert report.config["consistency"] == weight
+        with torch.no_grad():
+            g = data.tensors[0]
+            gaps.append(float((torch.sigmoid(clf(ae.decode(ae.encode(g)))) - torch.sigmoid(clf(g))).abs().mean()))
+    assert gaps[1] < 0.5 * gaps[0], gaps
+
+
 def test_trainer_errors():
     data = PhantomDataset(4, size=16)
     with pytest.raises(ValueError, match="epochs"):
@@ -122,6 +145,8 @@ def test_trainer_errors():
         train_classifier(_tiny_classifier(), unit_spec(1, 16), data, epochs=1, loss="hinge", progress=False)
     with pytest.raises(TypeError, match="encode"):
         train_autoencoder(_tiny_classifier(), unit_spec(1, 16), data, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="classifier"):
+        train_autoencoder(_TinyAE(), unit_spec(1, 16), data, epochs=1, progress=False, consistency=1.0)
 
 
 def test_cache_key_changes_with_config():
@@ -131,6 +156,9 @@ def test_cache_key_changes_with_config():
     # Each model hashes only the fields it depends on.
     assert cache_key(DemoConfig(), "autoencoder") == cache_key(DemoConfig(epochs=1), "autoencoder")
     assert cache_key(DemoConfig(), "classifier") == cache_key(DemoConfig(ae_epochs=1), "classifier")
+    # An autoencoder trained against the classifier retrains when the classifier does.
+    assert cache_key(DemoConfig(ae_consistency=1.0), "autoencoder") != cache_key(
+        DemoConfig(ae_consistency=1.0, epochs=1), "autoencoder")
 
 
 @pytest.mark.slow
