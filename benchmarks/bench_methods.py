@@ -117,11 +117,14 @@ def callables(arch: str, model: nn.Module, x: torch.Tensor, ig_steps: int,
             model(x)
 
     fns: dict[str, Callable[[], Any]] = {"forward": forward}
-    def ours_call(method: str) -> Callable[[], Any]:
-        return lambda: explainer.explain(x, methods=[method], targets=targets, options=options)
+    def ours_call(method: str, extra: dict[str, Any] | None = None) -> Callable[[], Any]:
+        opts = {**options, method: extra} if extra else options
+        return lambda: explainer.explain(x, methods=[method], targets=targets, options=opts)
 
     for m in ours:
         fns[f"ours:{m}"] = ours_call(m)
+        if m in ("lrp", "rap"):  # the zennit-equivalent BatchNorm rule (merged into the conv) beside the default
+            fns[f"ours:{m}:zennit"] = ours_call(m, {"batchnorm": "zennit"})
 
     target_tensor = torch.full((n,), TARGET, dtype=torch.long)
 
