@@ -2,7 +2,7 @@
 
 The cache lives in ``<repo>/.cache/test-models/``, keyed by a hash of the training config and of the sources
 that shape the weights (phantom.py, train.py, losses.py, spec.py, models/architectures.py / autoencoder.py):
-editing any of them retrains on the next run. Training goes through ``cxrexplain_lab.train.demo_classifier`` /
+editing any of them retrains on the next run. Training goes through ``cxrexplain_lab.demo_models.demo_classifier`` /
 ``demo_autoencoder``, the same code ``python -m cxrexplain_lab.train_demo`` and the benchmarks use.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrexplain_lab.demo_models import DemoConfig, demo_autoencoder, demo_classifier
 from cxrexplain_lab.phantom import FINDINGS, PhantomDataset, PhantomSample
-from cxrexplain_lab.train import DemoConfig, demo_autoencoder, demo_classifier
 
 CACHE_DIR = Path(__file__).parents[1] / ".cache" / "test-models"
 

@@ -5,8 +5,8 @@
 writes ``cxr_densenet.pt`` / ``cxr_densenet.json`` (the classifier: labels, input spec, operating points chosen
 on a validation split by Youden's J, held-out AUROC per label, training config, seed) and ``cxr_ae.pt`` /
 ``cxr_ae.json`` (the autoencoder that backs latent shift: input spec, held-out reconstruction MAE). Training is
-``cxrexplain_lab.train.demo_classifier`` / ``demo_autoencoder``, the same code the test fixtures use, with the
-served demo's settings (``cxrexplain_lab.train.DEMO``: a classifier with 12x12 last maps at 96 px, an autoencoder
+``cxrexplain_lab.demo_models.demo_classifier`` / ``demo_autoencoder``, the same code the test fixtures use, with the
+served demo's settings (``cxrexplain_lab.demo_models.DEMO``: a classifier with 12x12 last maps at 96 px, an autoencoder
 trained to keep its findings); ``--preset fixtures`` trains the tests' recipe instead.
 """
 
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from cxrexplain_lab import metrics
+from cxrexplain_lab.demo_models import DEMO, DemoConfig, demo_autoencoder, demo_classifier
 from cxrexplain_lab.phantom import FINDINGS, PhantomDataset
-from cxrexplain_lab.train import DEMO, DemoConfig, demo_autoencoder, demo_classifier, predict
+from cxrexplain_lab.train import predict
 
 CLASSIFIER_NAME = "cxr_densenet"
 AUTOENCODER_NAME = "cxr_ae"
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cxrexplain_lab.train_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder for <name>.pt and <name>.json")
     p.add_argument("--preset", choices=["demo", "fixtures"], default="demo",
-                   help="demo: the served demo's models (cxrexplain_lab.train.DEMO, default); fixtures: the test "
+                   help="demo: the served demo's models (cxrexplain_lab.demo_models.DEMO, default); fixtures: the test "
                         "fixtures' recipe (DemoConfig())")
     p.add_argument("--size", type=int, default=None, help="input resolution in pixels (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)

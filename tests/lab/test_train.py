@@ -11,10 +11,9 @@ from cxrexplain.autoencoder import build_autoencoder
 from cxrexplain.models import build_classifier
 from cxrexplain.spec import TORCHVISION, unit_spec
 from cxrexplain_lab import metrics
+from cxrexplain_lab.demo_models import DemoConfig, cache_key
 from cxrexplain_lab.phantom import FINDINGS, PhantomDataset
 from cxrexplain_lab.train import (
-    DemoConfig,
-    cache_key,
     materialize,
     predict,
     reconstruction_mae,

@@ -14,7 +14,7 @@
 - ``densenet_fine``: the served demo's model, ``densenet_small`` truncated after dense block 2 as T-DenseNet is
   ([Khakzar2022] §3), so its last maps are at stride 8 (12x12 at 96 px) and CAM can outline a lesion.
 
-The lab's training cache hashes this file (``cxrexplain_lab.train.cache_key``): it is what shapes the demo
+The lab's training cache hashes this file (``cxrexplain_lab.demo_models.cache_key``): it is what shapes the demo
 classifier's weights. Weight loading lives apart (:mod:`.loading`, :mod:`.weight_files`,
 :mod:`.checkpoint_keys`), so editing it does not invalidate that cache.
 
