@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 import cxrexplain
 from cxrexplain.methods import base as registry
+from cxrexplain.semantic import DissectionTable, capture_output, unit_layer
 from cxrexplain.spec import unit_spec
 
 from . import common
@@ -111,7 +112,19 @@ def build(pairing: Pairing) -> tuple[cxrexplain.ClassifierBundle, cxrexplain.Aut
         calibrate(clf.module, images(clf.input_spec, 4, pairing.size))
     if pairing.autoencoder_weights is None:
         calibrate(ae.module, images(ae.input_spec, 4, ae.input_spec.size))
+    clf.extra["dissection"] = unlabelled_table(clf)
     return clf, ae
+
+
+def unlabelled_table(clf: cxrexplain.ClassifierBundle) -> DissectionTable:
+    """A dissection table naming no concept, over the layer CAM reads: ``semantic`` needs one to run, and its
+    maps and scores (what is checked here) do not depend on the labels (an archive's come from the exporter)."""
+    layer = unit_layer(clf)
+    with torch.no_grad(), capture_output(clf.module.eval(), layer) as seen:
+        clf.module(images(clf.input_spec, 1, clf.input_spec.size))
+    units = seen[-1].shape[1]
+    return DissectionTable(layer=layer, concepts=("none",) * units, ious=(0.0,) * units, detectors=(False,) * units,
+                           data="unlabelled: the GPU check's stand-in")
 
 
 def calibrate(module: torch.nn.Module, x: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bundle import ClassifierBundle
 from .errors import InvalidOption, UnsupportedModel
 from .methods.gradients import CPU_POINTS, CUDA_POINTS, path_rule
 
@@ -37,6 +38,21 @@ def find_layer(model: nn.Module, layer: str) -> nn.Module:
             f"(its last ones: {hint})"
         )
     return model.get_submodule(layer)
+
+
+def unit_layer(bundle: ClassifierBundle, node_name: str | None = None) -> str:
+    """The module path (in ``model.named_modules()``) whose output fx node ``node_name`` reads (default: the CAM
+    layer's node). The unit analyses hook modules, and CAM's node is often a functional ReLU after one
+    (``features.norm5`` in a DenseNet)."""
+    name = node_name or bundle.cam_node
+    node = bundle.traced.nodes[name]
+    while node.op != "call_module":
+        inputs = [a for a in node.all_input_nodes if a.op != "placeholder"]
+        if not inputs:
+            raise InvalidOption(f"layer {name!r} reads no module's output; name a module path from "
+                                "model.named_modules() (for example features.denseblock4)")
+        node = inputs[0]
+    return str(node.target)
 
 
 def _feature_map(output: object, layer: str) -> torch.Tensor:

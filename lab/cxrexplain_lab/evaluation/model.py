@@ -18,7 +18,7 @@ from cxrexplain.errors import CxrExplainError
 from cxrexplain.methods.gradcam import resolve_layer
 from cxrexplain.models import load_autoencoder, load_classifier
 from cxrexplain.preprocess import Geometry, to_model_input
-from cxrexplain.semantic import find_layer
+from cxrexplain.semantic import find_layer, unit_layer
 from cxrexplain_imageio import decode_image
 from cxrexplain_render import GeometryLike
 
@@ -75,18 +75,10 @@ class LocalModel:
         """The module path (in ``model.named_modules()``) the unit analyses hook: ``--layer`` when it names a
         module; for an fx node, or by default the CAM layer, the module whose output that node reads (CAM's node
         is often a functional ReLU after the module, ``features.norm5`` in a DenseNet)."""
-        traced = self.bundle.traced
-        if self.layer and self.layer not in traced.nodes:
+        if self.layer and self.layer not in self.bundle.traced.nodes:
             find_layer(self.bundle.module, self.layer)  # an unknown path raises, naming the model's modules
             return self.layer
-        node = traced.nodes[self.layer_node()]
-        while node.op != "call_module":
-            inputs = [a for a in node.all_input_nodes if a.op != "placeholder"]
-            if not inputs:
-                raise ValueError(f"layer {self.layer_node()!r} reads no module's output; name one with --layer "
-                                 "(a path from model.named_modules(), for example features.denseblock4)")
-            node = inputs[0]
-        return str(node.target)
+        return unit_layer(self.bundle, self.layer_node())
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         return {"gradcam": {"layer": self.layer_node()}, "integrated_gradients": {"steps": 32}}
